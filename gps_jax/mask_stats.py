@@ -1,0 +1,90 @@
+"""How many entries a GPS mask trains: per leaf, per block and overall.
+
+Everything follows from the roles and K (each neuron of a `select` leaf trains
+exactly K entries), so it is computed on abstract shapes, without weights.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from gps_jax import roles as roles_lib
+
+HEAD_REGEX = r'^head/'
+_BLOCK = re.compile(r'(?:^|/)((?:encoderblock|block|layers|stages?)_?\d+)(?:/|$)')
+
+
+def block_of(path: str) -> str:
+  """Block name of a leaf path: 'encoderblock_3', 'embedding', 'head', ..."""
+  m = _BLOCK.search(path)
+  if m:
+    return m.group(1)
+  parts = path.split('/')
+  if parts[0] == 'Transformer' and len(parts) > 2:
+    return parts[1]
+  return parts[0]
+
+
+def trainable_entries(role: roles_lib.LeafRole, k: int) -> int:
+  if role.role == 'select':
+    return role.num_neurons * k
+  return role.size if role.role == 'train' else 0
+
+
+def mask_statistics(roles: Any, k: int, head_regex: str = HEAD_REGEX) -> dict:
+  """Trainable entries per leaf and block and the overall shares (in %)."""
+  head = re.compile(head_regex)
+  leaves, blocks = {}, {}
+  totals = {'params': 0, 'trainable': 0, 'head_params': 0, 'head_trainable': 0,
+            'neurons': 0, 'selected': 0}
+  for path, r in roles_lib.flat(roles).items():
+    t = trainable_entries(r, k)
+    leaves[path] = {'role': r.role, 'shape': list(r.shape), 'params': r.size, 'trainable': t}
+    if r.role == 'select':
+      leaves[path].update(neurons=r.num_neurons, fan_in=r.fan_in)
+      totals['neurons'] += r.num_neurons
+      totals['selected'] += t
+    b = blocks.setdefault(block_of(path), {'params': 0, 'trainable': 0})
+    b['params'] += r.size
+    b['trainable'] += t
+    totals['params'] += r.size
+    totals['trainable'] += t
+    if head.search(path):
+      totals['head_params'] += r.size
+      totals['head_trainable'] += t
+  for b in blocks.values():
+    b['share_pct'] = 100.0 * b['trainable'] / max(b['params'], 1)
+  backbone = totals['params'] - totals['head_params']
+  backbone_trainable = totals['trainable'] - totals['head_trainable']
+  return {
+      'k': k,
+      'total_params': totals['params'],
+      'trainable': totals['trainable'],
+      'share_pct': 100.0 * totals['trainable'] / max(totals['params'], 1),
+      'backbone_params': backbone,
+      'backbone_trainable': backbone_trainable,
+      'share_without_head_pct': 100.0 * backbone_trainable / max(backbone, 1),
+      'neurons': totals['neurons'],
+      'selected_entries': totals['selected'],
+      'blocks': blocks,
+      'leaves': leaves,
+  }
+
+
+def format_table(stats: dict) -> str:
+  """Per-block table and the overall shares, as text."""
+  lines = [f'{"block":<24}{"params":>14}{"trainable":>12}{"share %":>10}']
+  for name, b in stats['blocks'].items():
+    lines.append(f'{name:<24}{b["params"]:>14,}{b["trainable"]:>12,}{b["share_pct"]:>10.3f}')
+  lines.append(f'{"total":<24}{stats["total_params"]:>14,}{stats["trainable"]:>12,}'
+               f'{stats["share_pct"]:>10.3f}')
+  lines.append(f'{"total without head":<24}{stats["backbone_params"]:>14,}'
+               f'{stats["backbone_trainable"]:>12,}{stats["share_without_head_pct"]:>10.3f}')
+  return '\n'.join(lines)
+
+
+def save(stats: dict, path: str) -> None:
+  with open(path, 'w') as f:
+    json.dump(stats, f, indent=1)

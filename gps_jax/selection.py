@@ -1,0 +1,152 @@
+"""GPS selection: SupCon gradient scores and per-neuron top-K masks.
+
+The score of a candidate weight is the signed sum, over one pass of the
+training split, of the gradient of the batch-mean SupCon loss on the
+backbone's L2-normalised pre-logits features (two augmented views of each
+image in one forward pass, model in training mode). At selection time every
+neuron keeps the K inputs with the largest |score|.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from typing import Any, Callable, Iterable, Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from gps_jax import roles as roles_lib
+from gps_jax.losses import l2_normalize, supcon_loss
+
+log = logging.getLogger(__name__)
+
+SCORE_SOURCES = ('supcon', 'random', 'magnitude')
+
+
+def make_score_step(apply_fn: Callable, candidates: Iterable[str],
+                    temperature: float = 0.07) -> Callable:
+  """Returns a jitted `step(scores, params, batch, rng) -> (scores, loss)`.
+
+  `params` and `scores` are flat {path: array} dicts; `scores` holds the
+  candidate leaves only and its buffers are donated. `batch['image']` is
+  (2B, H, W, C) — the first B rows are the first views — and
+  `batch['label']` is (B,).
+  """
+  candidates = tuple(candidates)
+
+  def loss_fn(cand, rest, images, labels, rng):
+    params = roles_lib.unflat({**rest, **cand})
+    _, features = apply_fn({'params': params}, images, train=True, rngs={'dropout': rng})
+    z = l2_normalize(features.astype(jnp.float32))
+    b = labels.shape[0]
+    z = jnp.swapaxes(z.reshape(2, b, -1), 0, 1)  # (B, 2 views, D)
+    return supcon_loss(z, labels, temperature)
+
+  def step(scores, params, batch, rng):
+    cand = {p: params[p] for p in candidates}
+    rest = {p: v for p, v in params.items() if p not in cand}
+    loss, grads = jax.value_and_grad(loss_fn)(cand, rest, batch['image'], batch['label'], rng)
+    scores = {p: scores[p] + grads[p].astype(scores[p].dtype) for p in candidates}
+    return scores, loss
+
+  return jax.jit(step, donate_argnums=(0,))
+
+
+def accumulate_scores(apply_fn: Callable, params: Mapping[str, jax.Array], roles: Any,
+                      batches: Iterable[Mapping[str, np.ndarray]], rng: jax.Array,
+                      temperature: float = 0.07,
+                      log_every: int = 0) -> tuple[dict[str, jax.Array], dict[str, float]]:
+  """One pass of SupCon gradients over `batches`, summed (signed) per candidate.
+
+  Returns the scores {path: array} of every `select` leaf and statistics
+  (batches, images, mean loss).
+  """
+  candidates = list(roles_lib.leaves_with_role(roles, 'select'))
+  scores = {p: jnp.zeros(params[p].shape, jnp.float32) for p in candidates}
+  step = make_score_step(apply_fn, candidates, temperature)
+  losses, images = [], 0
+  for i, batch in enumerate(batches):
+    scores, loss = step(scores, params, batch, jax.random.fold_in(rng, i))
+    losses.append(loss)
+    images += int(batch['image'].shape[0])
+    if log_every and (i + 1) % log_every == 0:
+      log.info('selection batch %d: supcon loss %.4f', i + 1, float(loss))
+  if not losses:
+    raise ValueError('the selection pass saw no batch: the training split is smaller than '
+                     'one batch (batches drop the remainder); lower the batch size')
+  mean_loss = float(np.mean(jax.device_get(losses)))
+  return scores, {'batches': len(losses), 'images': images, 'loss': mean_loss}
+
+
+def random_scores(roles: Any, rng: jax.Array) -> dict[str, jax.Array]:
+  """Uniform random scores: top-K of them is K random inputs per neuron."""
+  cands = roles_lib.leaves_with_role(roles, 'select')
+  keys = jax.random.split(rng, max(len(cands), 1))
+  return {p: jax.random.uniform(k, r.shape) for k, (p, r) in zip(keys, cands.items())}
+
+
+def magnitude_scores(params: Mapping[str, jax.Array], roles: Any) -> dict[str, jax.Array]:
+  """|w| scores (the magnitude criterion of the paper's ablation)."""
+  return {p: jnp.abs(params[p]) for p in roles_lib.leaves_with_role(roles, 'select')}
+
+
+@functools.partial(jax.jit, static_argnames=('fan_in_ndim', 'k'))
+def _topk_rows(score: jax.Array, fan_in_ndim: int, k: int) -> jax.Array:
+  """(neurons, k) int32 indices into the flattened fan-in, ascending per row."""
+  fan_in = int(np.prod(score.shape[:fan_in_ndim]))
+  rows = jnp.abs(score.reshape(fan_in, -1).T.astype(jnp.float32))
+  # lax.top_k returns the lower index first among equal values: deterministic ties.
+  _, idx = jax.vmap(lambda r: jax.lax.top_k(r, k))(rows)
+  return jnp.sort(idx, axis=-1).astype(jnp.int32)
+
+
+def indices_to_mask(indices: jax.Array, role: roles_lib.LeafRole) -> jax.Array:
+  """Boolean mask of the leaf's shape with True at the selected entries."""
+  n = role.num_neurons
+  rows = jnp.arange(n)[:, None]
+  m = jnp.zeros((role.fan_in, n), bool).at[indices, rows].set(True)
+  return m.reshape(role.shape)
+
+
+def select_neuron_topk(scores: Mapping[str, Any], k: int,
+                       roles: Any) -> tuple[dict[str, jax.Array], dict]:
+  """Per-neuron top-K of |score| for every leaf whose role is `select`.
+
+  Args:
+    scores: {path: array} or a nested dict with an entry for every `select`
+      leaf (others are ignored).
+    k: inputs kept per neuron.
+    roles: pytree of `LeafRole` (from `assign_roles`).
+
+  Returns:
+    indices: {path: int32 (neurons, k)} — indices into the neuron's flattened
+      fan-in, sorted ascending.
+    masks: nested bool pytree with the parameters' shapes: the top-K entries
+      of `select` leaves, all of `train` leaves, none of `freeze` leaves.
+  """
+  if int(k) != k or k < 1:
+    raise ValueError(f'K (gps.k) must be a positive integer, got {k!r}')
+  k = int(k)
+  flat_scores = scores if all(isinstance(v, (jax.Array, np.ndarray)) for v in scores.values()) \
+      else roles_lib.flat(scores)
+  indices, masks = {}, {}
+  for path, role in roles_lib.flat(roles).items():
+    if role.role == 'select':
+      if path not in flat_scores:
+        raise ValueError(f'no score for selected parameter {path!r}')
+      s = flat_scores[path]
+      if tuple(s.shape) != role.shape:
+        raise ValueError(f'score for {path!r} has shape {tuple(s.shape)}, '
+                         f'the parameter has {role.shape}')
+      if k > role.fan_in:
+        raise ValueError(f'K={k} is larger than the fan-in {role.fan_in} of {path!r} '
+                         f'(shape {role.shape}); lower gps.k or freeze that parameter')
+      if not bool(jnp.all(jnp.isfinite(s))):
+        raise FloatingPointError(f'scores of {path!r} contain NaN or inf')
+      indices[path] = _topk_rows(s, role.fan_in_ndim, k)
+      masks[path] = indices_to_mask(indices[path], role)
+    else:
+      masks[path] = jnp.full(role.shape, role.role == 'train')
+  return indices, roles_lib.unflat(masks)

@@ -1,0 +1,196 @@
+"""The one trainer: masked fine-tuning for every method, in sparse or dense mode.
+
+* ``sparse`` (default): the optimizer sees only the trainable state — trained
+  leaves and (neurons, K) delta values; the frozen base is a separate,
+  non-differentiated argument of the jitted step.
+* ``dense``: the reference's behaviour done right: full parameters in the
+  optimizer, ``optax.masked`` keeps no state for leaves without a trainable
+  entry, gradients and final updates are multiplied by the element masks so
+  neither Adam nor weight decay can move a frozen entry.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any, Callable, Iterable, Iterator, Mapping
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from gps_jax import optim
+from gps_jax import roles as roles_lib
+from gps_jax import sparse
+from gps_jax.losses import cross_entropy
+
+log = logging.getLogger(__name__)
+
+MODES = ('sparse', 'dense')
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array
+  trainable: Any
+  opt_state: Any
+
+
+class MaskedFinetuner:
+  """Builds the state and the jitted train / eval steps of one run."""
+
+  def __init__(self, apply_fn: Callable, roles: Any, indices: Mapping[str, jax.Array],
+               config: ml_collections.ConfigDict, *, num_classes: int, total_steps: int,
+               mode: str = 'sparse'):
+    if mode not in MODES:
+      raise ValueError(f'config.train.update_mode={mode!r}: use one of {MODES}')
+    self.apply_fn = apply_fn
+    self.roles = roles
+    self.indices = dict(indices)
+    self.mode = mode
+    self.num_classes = num_classes
+    self.layout = sparse.fan_in_layout(roles)
+    self.label_smoothing = config.train.get('label_smoothing', 0.0)
+    self.lr_fn = optim.schedule(config.optim, total_steps, config.optim.get('warmup_steps', 0))
+    inner = optim.optimizer(config.optim, self.lr_fn)
+    if mode == 'dense':
+      has_entries = {p: r.role != 'freeze' for p, r in roles_lib.flat(roles).items()}
+      self.tx = optax.masked(inner, has_entries)
+    else:
+      self.tx = inner
+    self.train_step = jax.jit(self._train_step, donate_argnums=(0,))
+    self.compose_jit = jax.jit(self.compose)
+    self.eval_step = jax.jit(self._eval_step)
+
+  # -- state -----------------------------------------------------------------
+  def init(self, params: Mapping[str, jax.Array]) -> tuple[TrainState, dict, dict]:
+    """(state, frozen, aux) from the full flat parameters of the backbone + head.
+
+    `aux` is what the step needs besides the state: the indices (sparse) or
+    the element masks (dense).
+    """
+    if self.mode == 'sparse':
+      frozen, trainable = sparse.split(params, self.roles, self.indices)
+      aux = self.indices
+    else:
+      from gps_jax.selection import indices_to_mask  # pylint: disable=g-import-not-at-top
+      rl = roles_lib.flat(self.roles)
+      frozen, trainable = {}, {p: jnp.asarray(v) for p, v in params.items()}
+      aux = {p: (indices_to_mask(self.indices[p], r) if r.role == 'select'
+                 else jnp.full(r.shape, r.role == 'train')) for p, r in rl.items()}
+    state = TrainState(step=jnp.zeros((), jnp.int32), trainable=trainable,
+                       opt_state=self.tx.init(trainable))
+    return state, frozen, aux
+
+  def compose(self, frozen, aux, trainable) -> dict[str, jax.Array]:
+    """Full flat parameters from the parts."""
+    if self.mode == 'sparse':
+      return sparse.combine(frozen, aux, trainable, self.layout)
+    return trainable
+
+  def sparse_result(self, base: Mapping[str, jax.Array], state: TrainState) -> dict:
+    """The task's result as a sparse delta: {'indices', 'train', 'delta'}."""
+    if self.mode == 'sparse':
+      trainable = state.trainable
+    else:
+      trainable = sparse.delta_from_dense(base, state.trainable, self.roles, self.indices)
+    return {'indices': self.indices, **trainable}
+
+  # -- steps -----------------------------------------------------------------
+  def _loss(self, trainable, frozen, aux, batch, rng):
+    params = roles_lib.unflat(self.compose(frozen, aux, trainable))
+    logits, _ = self.apply_fn({'params': params}, batch['image'], train=True,
+                              rngs={'dropout': rng})
+    loss = cross_entropy(logits, batch['label'], self.num_classes, self.label_smoothing)
+    return loss.mean(), logits
+
+  def _train_step(self, state: TrainState, frozen, aux, batch, rng):
+    rng = jax.random.fold_in(rng, state.step)
+    (loss, logits), grads = jax.value_and_grad(self._loss, has_aux=True)(
+        state.trainable, frozen, aux, batch, rng)
+    if self.mode == 'dense':
+      grads = jax.tree.map(lambda g, m: jnp.where(m, g, 0), grads, aux)
+      decay_params = state.trainable
+    else:
+      decay_params = sparse.effective_values(frozen, aux, state.trainable, self.layout)
+    updates, opt_state = self.tx.update(grads, state.opt_state, decay_params)
+    if self.mode == 'dense':
+      # where() instead of adding a zero update: frozen entries stay bit-identical.
+      trainable = jax.tree.map(lambda p, u, m: jnp.where(m, p + u.astype(p.dtype), p),
+                               state.trainable, updates, aux)
+    else:
+      trainable = optax.apply_updates(state.trainable, updates)
+    labels = batch['label'] if batch['label'].ndim == 1 else batch['label'].argmax(-1)
+    metrics = {'loss': loss, 'accuracy': jnp.mean(logits.argmax(-1) == labels),
+               'lr': self.lr_fn(state.step)}
+    return TrainState(state.step + 1, trainable, opt_state), metrics
+
+  def _eval_step(self, params, batch):
+    logits, _ = self.apply_fn({'params': roles_lib.unflat(params)}, batch['image'], train=False)
+    mask = batch.get('mask', jnp.ones(batch['label'].shape, bool))
+    correct = (logits.argmax(-1) == batch['label']) & mask
+    return correct.sum(), mask.sum()
+
+  def evaluate(self, frozen, aux, state: TrainState, batches: Iterable[Mapping]) -> float:
+    """Top-1 accuracy over `batches` (with optional padding 'mask')."""
+    params = self.compose_jit(frozen, aux, state.trainable)
+    correct = count = 0
+    for batch in batches:
+      c, n = self.eval_step(params, batch)
+      correct += int(c)
+      count += int(n)
+    if not count:
+      raise ValueError('evaluation saw no example')
+    return correct / count
+
+
+def fit(tuner: MaskedFinetuner, params: Mapping[str, jax.Array], train_batches: Iterator,
+        num_steps: int, rng: jax.Array, *,
+        eval_sets: Mapping[str, Callable[[], Iterable]] = (),
+        final_sets: Mapping[str, Callable[[], Iterable]] = (),
+        eval_every: int = 0, log_every: int = 50,
+        printer: Callable[[str], None] = print) -> dict:
+  """Trains for `num_steps` steps of `train_batches`.
+
+  `eval_sets` (e.g. validation) are evaluated every `eval_every` steps and at
+  the end; `final_sets` (e.g. test) only at the end, so that nothing can be
+  chosen on them. Each maps a split name to a callable returning a fresh
+  iterable of eval batches. Returns the final state, frozen part and aux, the
+  history of evaluations, the final accuracies, the best accuracy of each
+  `eval_sets` split, and the training wall time.
+  """
+  state, frozen, aux = tuner.init(params)
+  eval_sets, final_sets = dict(eval_sets), dict(final_sets)
+  history, t0 = [], time.perf_counter()
+  t_log, images_since = time.perf_counter(), 0
+  for step in range(1, num_steps + 1):
+    batch = next(train_batches)
+    state, metrics = tuner.train_step(state, frozen, aux, batch, rng)
+    images_since += int(batch['label'].shape[0])
+    if step % log_every == 0 or step == num_steps:
+      m = jax.device_get(metrics)
+      if not np.isfinite(m['loss']):
+        raise FloatingPointError(f'loss is {m["loss"]} at step {step}; lower the lr '
+                                 '(config.optim.lr) or check the data')
+      now = time.perf_counter()
+      printer(f'  step {step:>6}/{num_steps}  loss {m["loss"]:.4f}  acc {m["accuracy"]:.3f}  '
+              f'lr {m["lr"]:.2e}  {images_since / (now - t_log):,.0f} img/s')
+      t_log, images_since = now, 0
+    if eval_sets and eval_every and step % eval_every == 0 and step != num_steps:
+      accs = {name: tuner.evaluate(frozen, aux, state, make()) for name, make in eval_sets.items()}
+      history.append({'step': step, **accs})
+      printer(f'  eval at step {step}: ' + '  '.join(f'{k} {v:.4f}' for k, v in accs.items()))
+  jax.block_until_ready(state)
+  train_seconds = time.perf_counter() - t0
+  final = {name: tuner.evaluate(frozen, aux, state, make())
+           for name, make in {**eval_sets, **final_sets}.items()}
+  if eval_sets:
+    history.append({'step': num_steps, **{k: final[k] for k in eval_sets}})
+  if final:
+    printer('  final: ' + '  '.join(f'{k} {v:.4f}' for k, v in final.items()))
+  best = {name: max(h[name] for h in history) for name in eval_sets}
+  return {'state': state, 'frozen': frozen, 'aux': aux, 'history': history,
+          'final': final, 'best': best, 'train_seconds': train_seconds}

@@ -1,0 +1,44 @@
+"""Upstream pretraining for the offline demo, cached as a vit_jax `.npz`.
+
+`config.upstream` is a whole experiment config (usually `method='full'` from a
+random init on a large source dataset). Its backbone — every parameter but the
+head — is saved in the vit_jax layout, so that downstream runs load it through
+the same loader as a real ViT-B/16 checkpoint. The file name carries a hash of
+the upstream config, so a changed recipe never reuses a stale file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from typing import Callable
+
+import ml_collections
+
+from gps_jax import experiment
+from gps_jax import roles as roles_lib
+from gps_jax.vit_npz import save_vit_npz
+
+
+def cache_path(upstream: ml_collections.ConfigDict) -> str:
+  """Where the backbone of this upstream config is (or will be) cached."""
+  key = hashlib.sha256(upstream.to_json(sort_keys=True).encode()).hexdigest()[:12]
+  cache_dir = (upstream.get('cache_dir') or os.environ.get('GPS_JAX_CACHE')
+               or os.path.join(os.path.expanduser('~'), '.cache', 'gps_jax'))
+  return os.path.join(cache_dir, f'{upstream.get("name", "upstream")}-{key}.npz')
+
+
+def ensure_upstream(upstream: ml_collections.ConfigDict, workdir: str,
+                    printer: Callable[[str], None] = print) -> str:
+  """Returns the cached backbone `.npz` of `upstream`, training it first if absent."""
+  path = cache_path(upstream)
+  if os.path.exists(path):
+    printer(f'[upstream] using cached backbone {path}')
+    return path
+  printer(f'[upstream] pretraining the backbone (cached afterwards at {path})')
+  res = experiment.run(upstream, os.path.join(workdir, 'upstream'), printer)
+  backbone = {p: v for p, v in res['params'].items() if not p.startswith('head/')}
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  save_vit_npz(path, roles_lib.unflat(backbone))
+  printer(f'[upstream] test accuracy {res["test_accuracy"]:.4f}; saved {path}')
+  return path

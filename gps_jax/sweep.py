@@ -50,11 +50,13 @@ def run_config(config: ml_collections.ConfigDict, workdir: str,
                printer: Callable[[str], None] = print) -> list[dict]:
   """Runs everything `config` asks for; returns the results of each method."""
   config = config.copy_and_resolve_references()
+  methods = tuple(config.get('compare_methods') or ()) or (config.method,)
+  for method in methods:  # fail on a bad method before hours of upstream training
+    experiment.method_rules(method_config(config, method))
   if config.get('upstream'):
     path = upstream_lib.ensure_upstream(config.upstream, workdir, printer)
     with config.unlocked():
       config.model.checkpoint = path
-  methods = tuple(config.get('compare_methods') or ()) or (config.method,)
   rows = []
   for method in methods:
     sub = os.path.join(workdir, method) if len(methods) > 1 else workdir

@@ -72,13 +72,16 @@ class MaskedFinetuner:
     `aux` is what the step needs besides the state: the indices (sparse) or
     the element masks (dense).
     """
+    # A fresh device copy: the step donates the state, which must never consume
+    # the caller's arrays, and the frozen base must live on the device.
+    params = {p: jnp.array(v) for p, v in params.items()}
     if self.mode == 'sparse':
       frozen, trainable = sparse.split(params, self.roles, self.indices)
       aux = self.indices
     else:
       from gps_jax.selection import indices_to_mask  # pylint: disable=g-import-not-at-top
       rl = roles_lib.flat(self.roles)
-      frozen, trainable = {}, {p: jnp.asarray(v) for p, v in params.items()}
+      frozen, trainable = {}, params
       aux = {p: (indices_to_mask(self.indices[p], r) if r.role == 'select'
                  else jnp.full(r.shape, r.role == 'train')) for p, r in rl.items()}
     state = TrainState(step=jnp.zeros((), jnp.int32), trainable=trainable,

@@ -1,0 +1,77 @@
+"""The command line end to end: upstream → select → fine-tune → evaluate, in seconds."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+
+from gps_jax import checkpoint
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# A tiny version of configs/demo.py: 16-wide, 1 block, a few steps everywhere.
+TINY = [
+    '--config.model.hidden_size=16', '--config.model.num_layers=1', '--config.model.num_heads=2',
+    '--config.model.mlp_dim=32',
+    '--config.upstream.model.hidden_size=16', '--config.upstream.model.num_layers=1',
+    '--config.upstream.model.num_heads=2', '--config.upstream.model.mlp_dim=32',
+    '--config.upstream.train.steps=5', '--config.train.steps=4',
+    '--config.gps.k=2',
+]
+
+
+def _run(workdir, cache, *extra):
+  env = dict(os.environ, GPS_JAX_CACHE=str(cache))
+  cmd = [sys.executable, '-m', 'gps_jax.main', '--config=configs/demo.py',
+         f'--workdir={workdir}', *TINY, *extra]
+  proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+  return proc.stdout
+
+
+def test_demo_cli_end_to_end(tmp_path):
+  out = _run(tmp_path / 'run', tmp_path / 'cache', "--config.compare_methods=('gps','linear')")
+  assert '[upstream] pretraining the backbone' in out
+  assert 'img/s' in out
+  # The comparison table names both methods.
+  table = (tmp_path / 'run' / 'comparison.txt').read_text()
+  assert table.splitlines()[1].split()[0] == 'gps' and table.splitlines()[2].split()[0] == 'linear'
+
+  gps = json.loads((tmp_path / 'run' / 'gps' / 'results.json').read_text())
+  assert gps['method'] == 'gps' and gps['dataset'] == 'mnist_5k' and gps['k'] == 2
+  assert 0.0 <= gps['test_accuracy'] <= 1.0 and 0.0 <= gps['best_val_accuracy'] <= 1.0
+  assert gps['selection']['batches'] == 800 // 32
+  # 1 block of width 16, mlp 32, patch 7 on RGB: neurons = 16 (embedding) +
+  # 48 (q,k,v) + 16 (out) + 32 (fc1) + 16 (fc2) = 128; biases the same count.
+  assert gps['trainable_without_head'] == 128 * 2 + 128
+  stats = json.loads((tmp_path / 'run' / 'gps' / 'mask_stats.json').read_text())
+  assert stats['neurons'] == 128
+
+  # The checkpoint holds the sparse delta only: indices + values + trained leaves.
+  delta = checkpoint.load_delta(str(tmp_path / 'run' / 'gps' / 'checkpoint'))
+  kernel = 'Transformer/encoderblock_0/MlpBlock_3/Dense_0/kernel'
+  assert delta['indices'][kernel].shape == (32, 2) and delta['delta'][kernel].shape == (32, 2)
+  assert delta['indices'][kernel].dtype == np.int32
+  assert 'head/kernel' in delta['train'] and kernel not in delta['train']
+  assert not any(k.endswith('kernel') and k != 'head/kernel' for k in delta['train'])
+  assert np.any(delta['delta'][kernel] != 0)
+
+  linear = json.loads((tmp_path / 'run' / 'linear' / 'results.json').read_text())
+  assert linear['k'] is None and linear['trainable_without_head'] == 0
+
+  # A second run reuses the cached upstream backbone.
+  out2 = _run(tmp_path / 'run2', tmp_path / 'cache', '--config.compare_methods=()',
+              '--config.method=bitfit')
+  assert '[upstream] using cached backbone' in out2
+  assert json.loads((tmp_path / 'run2' / 'results.json').read_text())['method'] == 'bitfit'
+
+
+def test_cli_rejects_unknown_method(tmp_path):
+  env = dict(os.environ, GPS_JAX_CACHE=str(tmp_path / 'cache'))
+  cmd = [sys.executable, '-m', 'gps_jax.main', '--config=configs/demo.py',
+         f'--workdir={tmp_path}', *TINY, '--config.compare_methods=()', '--config.method=nope']
+  proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+  assert proc.returncode != 0
+  assert "config.method='nope'" in proc.stderr

@@ -19,7 +19,7 @@ def _model() -> ml_collections.ConfigDict:
   m.name = 'vit'
   m.variant = ''
   m.image_size = 28
-  m.patch_size = 7          # 4×4 patches + class token
+  m.patch_size = 7  # 4×4 patches + class token
   m.hidden_size = 128
   m.num_layers = 4
   m.num_heads = 4
@@ -35,7 +35,7 @@ def _model() -> ml_collections.ConfigDict:
 def _upstream() -> ml_collections.ConfigDict:
   u = experiment_config()
   u.name = 'demo-vit-fashion-mnist'
-  u.cache_dir = ''          # '' = $GPS_JAX_CACHE or ~/.cache/gps_jax
+  u.cache_dir = ''  # '' = $GPS_JAX_CACHE or ~/.cache/gps_jax
   u.method = 'full'
   u.model = _model()
   u.data.name = 'fashion_mnist'
@@ -61,10 +61,12 @@ def get_config() -> ml_collections.ConfigDict:
   c.data.name = 'mnist_5k'
   c.data.batch_size = 32
   c.data.eval_batch_size = 1000
-  c.gps.k = 4
+  c.gps.k = 1  # the paper's VTAB-1k setting
   c.train.epochs = 20
   c.train.eval_every_epochs = 5
   c.train.log_every = 100
-  c.optim.lr = 1e-3
+  # Parameter-efficient methods want a larger lr than full fine-tuning.
+  c.optim.lr = 1e-2
   c.optim.warmup_epochs = 2
+  c.method_overrides = {'full': {'optim': {'lr': 1e-3}}}
   return c

@@ -9,10 +9,15 @@ from gps_jax.checkpoint import load_delta, save_delta
 from gps_jax.losses import cross_entropy, l2_normalize, supcon_loss
 from gps_jax.mask_stats import format_table, mask_statistics
 from gps_jax.models.vit import ViT, build_vit, vit_config
-from gps_jax.roles import (DEFAULT_FAN_IN_RULES, GPS_RULES, METHOD_RULES, LeafRole,
-                           assign_roles)
-from gps_jax.selection import (accumulate_scores, indices_to_mask, magnitude_scores,
-                               make_score_step, random_scores, select_neuron_topk)
+from gps_jax.roles import DEFAULT_FAN_IN_RULES, GPS_RULES, METHOD_RULES, LeafRole, assign_roles
+from gps_jax.selection import (
+  accumulate_scores,
+  indices_to_mask,
+  magnitude_scores,
+  make_score_step,
+  random_scores,
+  select_neuron_topk,
+)
 from gps_jax.sparse import combine, scatter_add
 from gps_jax.trainer import MaskedFinetuner, TrainState, fit
 from gps_jax.vit_npz import load_vit_npz, resize_posemb, save_vit_npz

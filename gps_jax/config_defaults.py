@@ -21,7 +21,9 @@ def experiment_config() -> ml_collections.ConfigDict:
   c.fan_in_rules = ()
   # Several methods on one backbone and data, with a comparison table.
   c.compare_methods = ()
-  # {method: {'dotted.key': value}} applied when that method runs.
+  # Seeds to repeat every method with (mean±std in the table); empty = (seed,).
+  c.compare_seeds = ()
+  # {method: nested overrides}, e.g. {'full': {'optim': {'lr': 1e-3}}}.
   c.method_overrides = {}
 
   c.model = ml_collections.ConfigDict()
@@ -31,7 +33,7 @@ def experiment_config() -> ml_collections.ConfigDict:
   c.model.drop_path_rate = 0.0
   c.model.mean = (0.5, 0.5, 0.5)
   c.model.std = (0.5, 0.5, 0.5)
-  c.model.checkpoint = ''     # vit_jax .npz; empty = random init
+  c.model.checkpoint = ''  # vit_jax .npz; empty = random init
   c.model.reinit_head = True  # a new task always gets a fresh (zero) head
 
   c.data = ml_collections.ConfigDict()
@@ -39,7 +41,7 @@ def experiment_config() -> ml_collections.ConfigDict:
   c.data.data_dir = ''
   c.data.split_seed = 0
   c.data.train_split = 'train'
-  c.data.val_split = 'val'    # empty: no validation split
+  c.data.val_split = 'val'  # empty: no validation split
   c.data.test_split = 'test'
   c.data.batch_size = 32
   c.data.eval_batch_size = 256
@@ -47,12 +49,12 @@ def experiment_config() -> ml_collections.ConfigDict:
   c.gps = ml_collections.ConfigDict()
   c.gps.k = 1
   c.gps.temperature = 0.07
-  c.gps.score = ''            # supcon | random | magnitude; empty = by method
-  c.gps.batch_size = 0        # selection batch size; 0 = data.batch_size
+  c.gps.score = ''  # supcon | random | magnitude; empty = by method
+  c.gps.batch_size = 0  # selection batch size; 0 = data.batch_size
 
   c.train = ml_collections.ConfigDict()
   c.train.epochs = 100
-  c.train.steps = 0           # > 0 overrides epochs
+  c.train.steps = 0  # > 0 overrides epochs
   c.train.update_mode = 'sparse'  # sparse | dense
   c.train.label_smoothing = 0.0
   c.train.log_every = 50

@@ -9,12 +9,11 @@ from __future__ import annotations
 import json
 import os
 import time
-from typing import Any, Callable
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 
 from gps_jax import checkpoint
 from gps_jax import data as data_lib
@@ -34,8 +33,10 @@ def method_rules(config: ml_collections.ConfigDict):
   if config.get('rules'):
     return tuple(tuple(r) for r in config.rules)
   if config.method not in roles_lib.METHOD_RULES:
-    raise ValueError(f'config.method={config.method!r}: use one of '
-                     f'{sorted(roles_lib.METHOD_RULES)} or give config.rules')
+    raise ValueError(
+      f'config.method={config.method!r}: use one of '
+      f'{sorted(roles_lib.METHOD_RULES)} or give config.rules'
+    )
   return roles_lib.METHOD_RULES[config.method]
 
 
@@ -54,12 +55,14 @@ def load_backbone(config: ml_collections.ConfigDict, model, rng: jax.Array) -> d
 
 def _split(config, split: str):
   d = config.data
-  return data_lib.load_dataset(d.name, split, data_dir=d.get('data_dir') or None,
-                               seed=d.get('split_seed', 0))
+  return data_lib.load_dataset(
+    d.name, split, data_dir=d.get('data_dir') or None, seed=d.get('split_seed', 0)
+  )
 
 
-def run(config: ml_collections.ConfigDict, workdir: str,
-        printer: Callable[[str], None] = print) -> dict:
+def run(
+  config: ml_collections.ConfigDict, workdir: str, printer: Callable[[str], None] = print
+) -> dict:
   """Runs one experiment and writes results.json, mask_stats.json and the checkpoint."""
   os.makedirs(workdir, exist_ok=True)
   rng = jax.random.PRNGKey(config.seed)
@@ -70,11 +73,13 @@ def run(config: ml_collections.ConfigDict, workdir: str,
   size = config.model.image_size
   data_seed = int(jax.random.randint(rng_data, (), 0, 2**31 - 1))
 
-  printer(f'[{config.method}] loading backbone '
-          f'{config.model.get("checkpoint", "") or "(random init)"}')
+  printer(
+    f'[{config.method}] loading backbone {config.model.get("checkpoint", "") or "(random init)"}'
+  )
   params = load_backbone(config, model, rng_init)
-  roles = roles_lib.assign_roles(params, method_rules(config),
-                                 config.get('fan_in_rules') or roles_lib.DEFAULT_FAN_IN_RULES)
+  roles = roles_lib.assign_roles(
+    params, method_rules(config), config.get('fan_in_rules') or roles_lib.DEFAULT_FAN_IN_RULES
+  )
   k = config.gps.k
   stats = mask_stats.mask_statistics(roles, k)
   mask_stats.save(stats, os.path.join(workdir, 'mask_stats.json'))
@@ -92,11 +97,17 @@ def run(config: ml_collections.ConfigDict, workdir: str,
     if source == 'supcon':
       printer(f'[{config.method}] selection: one SupCon pass over {len(train_labels)} images')
       batches = data_lib.two_view_batches(
-          train_images, train_labels, batch_size=config.gps.get('batch_size') or bs,
-          image_size=size, mean=mean, std=std, seed=data_seed)
+        train_images,
+        train_labels,
+        batch_size=config.gps.get('batch_size') or bs,
+        image_size=size,
+        mean=mean,
+        std=std,
+        seed=data_seed,
+      )
       scores, select_info = selection.accumulate_scores(
-          model.apply, params, roles, batches, rng_select,
-          temperature=config.gps.temperature)
+        model.apply, params, roles, batches, rng_select, temperature=config.gps.temperature
+      )
     elif source == 'random':
       scores = selection.random_scores(roles, rng_select)
     elif source == 'magnitude':
@@ -113,52 +124,72 @@ def run(config: ml_collections.ConfigDict, workdir: str,
   # --- fine-tuning -------------------------------------------------------------
   steps_per_epoch = len(train_labels) // bs
   if steps_per_epoch == 0:
-    raise ValueError(f'config.data.batch_size={bs} is larger than the training split '
-                     f'({len(train_labels)} examples)')
+    raise ValueError(
+      f'config.data.batch_size={bs} is larger than the training split '
+      f'({len(train_labels)} examples)'
+    )
   total_steps = config.train.get('steps') or config.train.epochs * steps_per_epoch
   cfg = config.copy_and_resolve_references()
   with cfg.unlocked():
     cfg.optim.warmup_steps = int(config.optim.get('warmup_epochs', 0) * steps_per_epoch)
   tuner = trainer_lib.MaskedFinetuner(
-      model.apply, roles, indices, cfg, num_classes=num_classes, total_steps=total_steps,
-      mode=config.train.get('update_mode', 'sparse'))
+    model.apply,
+    roles,
+    indices,
+    cfg,
+    num_classes=num_classes,
+    total_steps=total_steps,
+    mode=config.train.get('update_mode', 'sparse'),
+  )
 
   def eval_maker(split):
     images, labels = _split(config, split)
-    return lambda: data_lib.eval_batches(images, labels, batch_size=config.data.eval_batch_size,
-                                         image_size=size, mean=mean, std=std)
+    return lambda: data_lib.eval_batches(
+      images, labels, batch_size=config.data.eval_batch_size, image_size=size, mean=mean, std=std
+    )
 
   val_split = config.data.get('val_split')
   eval_sets = {'val': eval_maker(val_split)} if val_split else {}
   final_sets = {'test': eval_maker(config.data.test_split)}
-  train_iter = data_lib.train_batches(train_images, train_labels, batch_size=bs,
-                                      image_size=size, mean=mean, std=std, seed=data_seed)
-  printer(f'[{config.method}] fine-tuning {total_steps} steps '
-          f'({config.train.get("update_mode", "sparse")} mode)')
-  out = trainer_lib.fit(tuner, params, train_iter, total_steps, rng_train,
-                        eval_sets=eval_sets, final_sets=final_sets,
-                        eval_every=int(config.train.get('eval_every_epochs', 0) * steps_per_epoch),
-                        log_every=config.train.get('log_every', 50), printer=printer)
+  train_iter = data_lib.train_batches(
+    train_images, train_labels, batch_size=bs, image_size=size, mean=mean, std=std, seed=data_seed
+  )
+  printer(
+    f'[{config.method}] fine-tuning {total_steps} steps '
+    f'({config.train.get("update_mode", "sparse")} mode)'
+  )
+  out = trainer_lib.fit(
+    tuner,
+    params,
+    train_iter,
+    total_steps,
+    rng_train,
+    eval_sets=eval_sets,
+    final_sets=final_sets,
+    eval_every=int(config.train.get('eval_every_epochs', 0) * steps_per_epoch),
+    log_every=config.train.get('log_every', 50),
+    printer=printer,
+  )
 
   result = tuner.sparse_result(params, out['state'])
   checkpoint.save_delta(os.path.join(workdir, 'checkpoint'), result)
   trainable_count = stats['trainable']
   results = {
-      'method': config.method,
-      'dataset': config.data.name,
-      'k': k if has_select else None,
-      'update_mode': tuner.mode,
-      'trainable': trainable_count,
-      'trainable_without_head': stats['backbone_trainable'],
-      'total_params': stats['total_params'],
-      'share_pct': stats['share_pct'],
-      'share_without_head_pct': stats['share_without_head_pct'],
-      'selection_seconds': select_seconds,
-      'selection': select_info,
-      'train_seconds': out['train_seconds'],
-      'train_steps': total_steps,
-      'test_accuracy': out['final']['test'],
-      'history': out['history'],
+    'method': config.method,
+    'dataset': config.data.name,
+    'k': k if has_select else None,
+    'update_mode': tuner.mode,
+    'trainable': trainable_count,
+    'trainable_without_head': stats['backbone_trainable'],
+    'total_params': stats['total_params'],
+    'share_pct': stats['share_pct'],
+    'share_without_head_pct': stats['share_without_head_pct'],
+    'selection_seconds': select_seconds,
+    'selection': select_info,
+    'train_seconds': out['train_seconds'],
+    'train_steps': total_steps,
+    'test_accuracy': out['final']['test'],
+    'history': out['history'],
   }
   if eval_sets:
     results['best_val_accuracy'] = out['best']['val']

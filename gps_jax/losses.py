@@ -13,10 +13,9 @@ def l2_normalize(x: jax.Array, axis: int = -1, eps: float = 1e-12) -> jax.Array:
   return x / jnp.maximum(norm, eps)
 
 
-def supcon_loss(features: jax.Array,
-                labels: jax.Array,
-                temperature: float = 0.07,
-                base_temperature: float = 0.07) -> jax.Array:
+def supcon_loss(
+  features: jax.Array, labels: jax.Array, temperature: float = 0.07, base_temperature: float = 0.07
+) -> jax.Array:
   """Supervised contrastive loss (Khosla et al. 2020), contrast mode "all".
 
   Args:
@@ -58,8 +57,9 @@ def supcon_loss(features: jax.Array,
   return jnp.sum(jnp.where(has_pos, per_anchor, 0.0)) / jnp.maximum(num_anchors, 1)
 
 
-def cross_entropy(logits: jax.Array, labels: jax.Array, num_classes: int,
-                  label_smoothing: float = 0.0) -> jax.Array:
+def cross_entropy(
+  logits: jax.Array, labels: jax.Array, num_classes: int, label_smoothing: float = 0.0
+) -> jax.Array:
   """Per-example softmax cross-entropy against (optionally smoothed) one-hot labels.
 
   `labels` are integer classes (B,) or already soft targets (B, num_classes)

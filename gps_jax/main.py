@@ -12,10 +12,14 @@ from ml_collections import config_flags
 from gps_jax import sweep
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file('config', None, 'Experiment config file (a .py with get_config).',
-                                lock_config=True)
-flags.DEFINE_string('workdir', None, 'Directory for results.json, mask_stats.json and the '
-                    'checkpoint of the trainable state.')
+config_flags.DEFINE_config_file(
+  'config', None, 'Experiment config file (a .py with get_config).', lock_config=True
+)
+flags.DEFINE_string(
+  'workdir',
+  None,
+  'Directory for results.json, mask_stats.json and the checkpoint of the trainable state.',
+)
 flags.mark_flags_as_required(['config', 'workdir'])
 
 

@@ -37,8 +37,14 @@ def mask_statistics(roles: Any, k: int, head_regex: str = HEAD_REGEX) -> dict:
   """Trainable entries per leaf and block and the overall shares (in %)."""
   head = re.compile(head_regex)
   leaves, blocks = {}, {}
-  totals = {'params': 0, 'trainable': 0, 'head_params': 0, 'head_trainable': 0,
-            'neurons': 0, 'selected': 0}
+  totals = {
+    'params': 0,
+    'trainable': 0,
+    'head_params': 0,
+    'head_trainable': 0,
+    'neurons': 0,
+    'selected': 0,
+  }
   for path, r in roles_lib.flat(roles).items():
     t = trainable_entries(r, k)
     leaves[path] = {'role': r.role, 'shape': list(r.shape), 'params': r.size, 'trainable': t}
@@ -59,17 +65,17 @@ def mask_statistics(roles: Any, k: int, head_regex: str = HEAD_REGEX) -> dict:
   backbone = totals['params'] - totals['head_params']
   backbone_trainable = totals['trainable'] - totals['head_trainable']
   return {
-      'k': k,
-      'total_params': totals['params'],
-      'trainable': totals['trainable'],
-      'share_pct': 100.0 * totals['trainable'] / max(totals['params'], 1),
-      'backbone_params': backbone,
-      'backbone_trainable': backbone_trainable,
-      'share_without_head_pct': 100.0 * backbone_trainable / max(backbone, 1),
-      'neurons': totals['neurons'],
-      'selected_entries': totals['selected'],
-      'blocks': blocks,
-      'leaves': leaves,
+    'k': k,
+    'total_params': totals['params'],
+    'trainable': totals['trainable'],
+    'share_pct': 100.0 * totals['trainable'] / max(totals['params'], 1),
+    'backbone_params': backbone,
+    'backbone_trainable': backbone_trainable,
+    'share_without_head_pct': 100.0 * backbone_trainable / max(backbone, 1),
+    'neurons': totals['neurons'],
+    'selected_entries': totals['selected'],
+    'blocks': blocks,
+    'leaves': leaves,
   }
 
 
@@ -78,10 +84,13 @@ def format_table(stats: dict) -> str:
   lines = [f'{"block":<24}{"params":>14}{"trainable":>12}{"share %":>10}']
   for name, b in stats['blocks'].items():
     lines.append(f'{name:<24}{b["params"]:>14,}{b["trainable"]:>12,}{b["share_pct"]:>10.3f}')
-  lines.append(f'{"total":<24}{stats["total_params"]:>14,}{stats["trainable"]:>12,}'
-               f'{stats["share_pct"]:>10.3f}')
-  lines.append(f'{"total without head":<24}{stats["backbone_params"]:>14,}'
-               f'{stats["backbone_trainable"]:>12,}{stats["share_without_head_pct"]:>10.3f}')
+  lines.append(
+    f'{"total":<24}{stats["total_params"]:>14,}{stats["trainable"]:>12,}{stats["share_pct"]:>10.3f}'
+  )
+  lines.append(
+    f'{"total without head":<24}{stats["backbone_params"]:>14,}'
+    f'{stats["backbone_trainable"]:>12,}{stats["share_without_head_pct"]:>10.3f}'
+  )
   return '\n'.join(lines)
 
 

@@ -32,32 +32,34 @@ ROLES = ('select', 'train', 'freeze')
 # trained, normalisation layers, position embeddings and the class token
 # frozen, every other weight tensor selected per neuron.
 GPS_RULES: tuple[tuple[str, str], ...] = (
-    (r'^head/', 'train'),
-    (r'(^|/)(LayerNorm[^/]*|[^/]*norm[^/]*)/', 'freeze'),
-    (r'pos_embedding$', 'freeze'),
-    (r'^cls$', 'freeze'),
-    (r'(^|/)bias$', 'train'),
-    (r'(^|/)gamma$', 'train'),
-    (r'.*', 'select'),
+  (r'^head/', 'train'),
+  (r'(^|/)(LayerNorm[^/]*|[^/]*norm[^/]*)/', 'freeze'),
+  (r'pos_embedding$', 'freeze'),
+  (r'^cls$', 'freeze'),
+  (r'(^|/)bias$', 'train'),
+  (r'(^|/)gamma$', 'train'),
+  (r'.*', 'select'),
 )
 
 # Baselines are other role assignments on the same path.
 METHOD_RULES: dict[str, tuple[tuple[str, str], ...]] = {
-    'gps': GPS_RULES,
-    'random': GPS_RULES,
-    'magnitude': GPS_RULES,
-    'full': ((r'.*', 'train'),),
-    'linear': ((r'^head/', 'train'), (r'.*', 'freeze')),
-    'bitfit': ((r'^head/', 'train'),
-               (r'(^|/)(LayerNorm[^/]*|[^/]*norm[^/]*)/', 'freeze'),
-               (r'(^|/)bias$', 'train'),
-               (r'.*', 'freeze')),
+  'gps': GPS_RULES,
+  'random': GPS_RULES,
+  'magnitude': GPS_RULES,
+  'full': ((r'.*', 'train'),),
+  'linear': ((r'^head/', 'train'), (r'.*', 'freeze')),
+  'bitfit': (
+    (r'^head/', 'train'),
+    (r'(^|/)(LayerNorm[^/]*|[^/]*norm[^/]*)/', 'freeze'),
+    (r'(^|/)bias$', 'train'),
+    (r'.*', 'freeze'),
+  ),
 }
 
 DEFAULT_FAN_IN_RULES: tuple[tuple[str, int], ...] = (
-    (r'(^|/)(query|key|value)/kernel$', 1),
-    (r'(^|/)out/kernel$', 2),
-    (r'.*', -1),
+  (r'(^|/)(query|key|value)/kernel$', 1),
+  (r'(^|/)out/kernel$', 2),
+  (r'.*', -1),
 )
 
 
@@ -67,6 +69,7 @@ class LeafRole:
 
   A frozen dataclass, so JAX treats it as a leaf of a roles pytree.
   """
+
   path: str
   role: str
   shape: tuple[int, ...]
@@ -78,11 +81,11 @@ class LeafRole:
 
   @property
   def fan_in(self) -> int:
-    return math.prod(self.shape[:self.fan_in_ndim])
+    return math.prod(self.shape[: self.fan_in_ndim])
 
   @property
   def num_neurons(self) -> int:
-    return math.prod(self.shape[self.fan_in_ndim:])
+    return math.prod(self.shape[self.fan_in_ndim :])
 
 
 def path_str(key_path: Sequence[Any]) -> str:
@@ -119,13 +122,17 @@ def _first_match(compiled, path: str, what: str):
   for pattern, value in compiled:
     if pattern.search(path):
       return value
-  raise ValueError(f'no {what} rule matches parameter {path!r}; '
-                   f"end the rules with a catch-all such as ('.*', 'freeze')")
+  raise ValueError(
+    f'no {what} rule matches parameter {path!r}; '
+    f"end the rules with a catch-all such as ('.*', 'freeze')"
+  )
 
 
-def assign_roles(params: Any,
-                 rules: Iterable[Sequence[Any]] = GPS_RULES,
-                 fan_in_rules: Iterable[Sequence[Any]] = DEFAULT_FAN_IN_RULES) -> Any:
+def assign_roles(
+  params: Any,
+  rules: Iterable[Sequence[Any]] = GPS_RULES,
+  fan_in_rules: Iterable[Sequence[Any]] = DEFAULT_FAN_IN_RULES,
+) -> Any:
   """Returns a pytree of `LeafRole`s with the structure of `params`.
 
   `params` may hold arrays or `jax.ShapeDtypeStruct`s (from `jax.eval_shape`).
@@ -143,14 +150,18 @@ def assign_roles(params: Any,
     fan_in_ndim = 0
     if role == 'select':
       if len(shape) < 2:
-        raise ValueError(f'parameter {path!r} of shape {shape} has role select, but only '
-                         'tensors with 2 or more axes have neurons; give it train or freeze')
+        raise ValueError(
+          f'parameter {path!r} of shape {shape} has role select, but only '
+          'tensors with 2 or more axes have neurons; give it train or freeze'
+        )
       fan_in_ndim = int(_first_match(fan_rules, path, 'fan-in'))
       if fan_in_ndim < 0:
         fan_in_ndim += len(shape)
       if not 0 < fan_in_ndim < len(shape):
-        raise ValueError(f'fan-in rule gives {fan_in_ndim} leading axes for {path!r} '
-                         f'of shape {shape}; it must leave at least one neuron axis')
+        raise ValueError(
+          f'fan-in rule gives {fan_in_ndim} leading axes for {path!r} '
+          f'of shape {shape}; it must leave at least one neuron axis'
+        )
     return LeafRole(path, role, shape, fan_in_ndim)
 
   return jax.tree_util.tree_map_with_path(one, params)

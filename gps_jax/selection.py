@@ -25,8 +25,9 @@ log = logging.getLogger(__name__)
 SCORE_SOURCES = ('supcon', 'random', 'magnitude')
 
 
-def make_score_step(apply_fn: Callable, candidates: Iterable[str],
-                    temperature: float = 0.07) -> Callable:
+def make_score_step(
+  apply_fn: Callable, candidates: Iterable[str], temperature: float = 0.07
+) -> Callable:
   """Returns a jitted `step(scores, params, batch, rng) -> (scores, loss)`.
 
   `params` and `scores` are flat {path: array} dicts; `scores` holds the
@@ -54,10 +55,15 @@ def make_score_step(apply_fn: Callable, candidates: Iterable[str],
   return jax.jit(step, donate_argnums=(0,))
 
 
-def accumulate_scores(apply_fn: Callable, params: Mapping[str, jax.Array], roles: Any,
-                      batches: Iterable[Mapping[str, np.ndarray]], rng: jax.Array,
-                      temperature: float = 0.07,
-                      log_every: int = 0) -> tuple[dict[str, jax.Array], dict[str, float]]:
+def accumulate_scores(
+  apply_fn: Callable,
+  params: Mapping[str, jax.Array],
+  roles: Any,
+  batches: Iterable[Mapping[str, np.ndarray]],
+  rng: jax.Array,
+  temperature: float = 0.07,
+  log_every: int = 0,
+) -> tuple[dict[str, jax.Array], dict[str, float]]:
   """One pass of SupCon gradients over `batches`, summed (signed) per candidate.
 
   Returns the scores {path: array} of every `select` leaf and statistics
@@ -74,8 +80,10 @@ def accumulate_scores(apply_fn: Callable, params: Mapping[str, jax.Array], roles
     if log_every and (i + 1) % log_every == 0:
       log.info('selection batch %d: supcon loss %.4f', i + 1, float(loss))
   if not losses:
-    raise ValueError('the selection pass saw no batch: the training split is smaller than '
-                     'one batch (batches drop the remainder); lower the batch size')
+    raise ValueError(
+      'the selection pass saw no batch: the training split is smaller than '
+      'one batch (batches drop the remainder); lower the batch size'
+    )
   mean_loss = float(np.mean(jax.device_get(losses)))
   return scores, {'batches': len(losses), 'images': images, 'loss': mean_loss}
 
@@ -110,8 +118,9 @@ def indices_to_mask(indices: jax.Array, role: roles_lib.LeafRole) -> jax.Array:
   return m.reshape(role.shape)
 
 
-def select_neuron_topk(scores: Mapping[str, Any], k: int,
-                       roles: Any) -> tuple[dict[str, jax.Array], dict]:
+def select_neuron_topk(
+  scores: Mapping[str, Any], k: int, roles: Any
+) -> tuple[dict[str, jax.Array], dict]:
   """Per-neuron top-K of |score| for every leaf whose role is `select`.
 
   Args:
@@ -129,8 +138,11 @@ def select_neuron_topk(scores: Mapping[str, Any], k: int,
   if int(k) != k or k < 1:
     raise ValueError(f'K (gps.k) must be a positive integer, got {k!r}')
   k = int(k)
-  flat_scores = scores if all(isinstance(v, (jax.Array, np.ndarray)) for v in scores.values()) \
-      else roles_lib.flat(scores)
+  flat_scores = (
+    scores
+    if all(isinstance(v, (jax.Array, np.ndarray)) for v in scores.values())
+    else roles_lib.flat(scores)
+  )
   indices, masks = {}, {}
   for path, role in roles_lib.flat(roles).items():
     if role.role == 'select':
@@ -138,11 +150,14 @@ def select_neuron_topk(scores: Mapping[str, Any], k: int,
         raise ValueError(f'no score for selected parameter {path!r}')
       s = flat_scores[path]
       if tuple(s.shape) != role.shape:
-        raise ValueError(f'score for {path!r} has shape {tuple(s.shape)}, '
-                         f'the parameter has {role.shape}')
+        raise ValueError(
+          f'score for {path!r} has shape {tuple(s.shape)}, the parameter has {role.shape}'
+        )
       if k > role.fan_in:
-        raise ValueError(f'K={k} is larger than the fan-in {role.fan_in} of {path!r} '
-                         f'(shape {role.shape}); lower gps.k or freeze that parameter')
+        raise ValueError(
+          f'K={k} is larger than the fan-in {role.fan_in} of {path!r} '
+          f'(shape {role.shape}); lower gps.k or freeze that parameter'
+        )
       if not bool(jnp.all(jnp.isfinite(s))):
         raise FloatingPointError(f'scores of {path!r} contain NaN or inf')
       indices[path] = _topk_rows(s, role.fan_in_ndim, k)

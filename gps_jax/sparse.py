@@ -35,8 +35,9 @@ def _as_rows(w: jax.Array, fan_in_ndim: int) -> jax.Array:
   return w.reshape(fan_in, -1)
 
 
-def scatter_add(base: jax.Array, indices: jax.Array, values: jax.Array,
-                fan_in_ndim: int) -> jax.Array:
+def scatter_add(
+  base: jax.Array, indices: jax.Array, values: jax.Array, fan_in_ndim: int
+) -> jax.Array:
   """base + delta, the delta given as (neurons, K) values at (neurons, K) fan-in indices."""
   w = _as_rows(base, fan_in_ndim)
   cols = jnp.arange(w.shape[1])[:, None]
@@ -50,8 +51,9 @@ def gather(base: jax.Array, indices: jax.Array, fan_in_ndim: int) -> jax.Array:
   return w[indices, cols]
 
 
-def split(params: Mapping[str, jax.Array], roles: Any,
-          indices: Mapping[str, jax.Array]) -> tuple[dict, dict]:
+def split(
+  params: Mapping[str, jax.Array], roles: Any, indices: Mapping[str, jax.Array]
+) -> tuple[dict, dict]:
   """(frozen, trainable) of the sparse update mode; the delta starts at zero."""
   rl = roles_lib.flat(roles)
   missing = sorted(set(p for p, r in rl.items() if r.role == 'select') - set(indices))
@@ -63,9 +65,12 @@ def split(params: Mapping[str, jax.Array], roles: Any,
   return frozen, {'train': train, 'delta': delta}
 
 
-def combine(frozen: Mapping[str, jax.Array], indices: Mapping[str, jax.Array],
-            trainable: Mapping[str, Mapping[str, jax.Array]],
-            layout: Mapping[str, int]) -> dict[str, jax.Array]:
+def combine(
+  frozen: Mapping[str, jax.Array],
+  indices: Mapping[str, jax.Array],
+  trainable: Mapping[str, Mapping[str, jax.Array]],
+  layout: Mapping[str, int],
+) -> dict[str, jax.Array]:
   """Full flat parameters: frozen leaves, trained leaves, base + delta."""
   params = dict(frozen)
   params.update(trainable['train'])
@@ -74,27 +79,41 @@ def combine(frozen: Mapping[str, jax.Array], indices: Mapping[str, jax.Array],
   return params
 
 
-def effective_values(frozen: Mapping[str, jax.Array], indices: Mapping[str, jax.Array],
-                     trainable: Mapping[str, Mapping[str, jax.Array]],
-                     layout: Mapping[str, int]) -> dict:
+def effective_values(
+  frozen: Mapping[str, jax.Array],
+  indices: Mapping[str, jax.Array],
+  trainable: Mapping[str, Mapping[str, jax.Array]],
+  layout: Mapping[str, int],
+) -> dict:
   """The trainable state with each delta replaced by base + delta at its indices.
 
   Given to the optimizer as `params`, so that weight decay pulls the effective
   weights toward zero exactly as it would in dense mode.
   """
-  return {'train': trainable['train'],
-          'delta': {p: gather(frozen[p], indices[p], layout[p]) + v
-                    for p, v in trainable['delta'].items()}}
+  return {
+    'train': trainable['train'],
+    'delta': {
+      p: gather(frozen[p], indices[p], layout[p]) + v for p, v in trainable['delta'].items()
+    },
+  }
 
 
-def delta_from_dense(base: Mapping[str, jax.Array], tuned: Mapping[str, jax.Array],
-                     roles: Any, indices: Mapping[str, jax.Array]) -> dict:
+def delta_from_dense(
+  base: Mapping[str, jax.Array],
+  tuned: Mapping[str, jax.Array],
+  roles: Any,
+  indices: Mapping[str, jax.Array],
+) -> dict:
   """The sparse trainable state equivalent to a dense fine-tuned model."""
   layout = fan_in_layout(roles)
   rl = roles_lib.flat(roles)
-  return {'train': {p: v for p, v in tuned.items() if rl[p].role == 'train'},
-          'delta': {p: gather(tuned[p], idx, layout[p]) - gather(base[p], idx, layout[p])
-                    for p, idx in indices.items()}}
+  return {
+    'train': {p: v for p, v in tuned.items() if rl[p].role == 'train'},
+    'delta': {
+      p: gather(tuned[p], idx, layout[p]) - gather(base[p], idx, layout[p])
+      for p, idx in indices.items()
+    },
+  }
 
 
 def count_entries(trainable: Mapping[str, Mapping[str, Any]]) -> int:

@@ -2,8 +2,9 @@
 
 With `config.compare_methods` set, every listed method runs on the same
 backbone and data (each in `workdir/<method>`, with its entry of
-`config.method_overrides` applied) and one comparison table is printed and
-saved as `comparison.json`.
+`config.method_overrides` applied); with `config.compare_seeds`, each method
+runs once per seed (in `.../seed_<s>`). One comparison table (mean±std over
+seeds) is printed and saved as `comparison.txt` and `comparison.json`.
 """
 
 from __future__ import annotations
@@ -13,44 +14,70 @@ import os
 from typing import Callable
 
 import ml_collections
+import numpy as np
 
 from gps_jax import experiment
 from gps_jax import upstream as upstream_lib
 
 
+def _merge(node: ml_collections.ConfigDict, overrides, where: str) -> None:
+  for key, value in overrides.items():
+    if key not in node:
+      raise KeyError(f'{where}.{key} is not a config key')
+    if isinstance(node[key], ml_collections.ConfigDict):
+      _merge(node[key], value, f'{where}.{key}')
+    else:
+      node[key] = value
+
+
 def method_config(config: ml_collections.ConfigDict, method: str) -> ml_collections.ConfigDict:
-  """A copy of `config` for `method`, with its `method_overrides` ('a.b' → value)."""
+  """A copy of `config` for `method`, with `config.method_overrides[method]` merged in.
+
+  An override is a nested dict in the shape of the config, e.g.
+  `{'full': {'optim': {'lr': 1e-3}}}`.
+  """
   cfg = config.copy_and_resolve_references()
   with cfg.unlocked():
     cfg.method = method
-    for key, value in (config.get('method_overrides') or {}).get(method, {}).items():
-      *parents, leaf = key.split('.')
-      node = cfg
-      for p in parents:
-        node = node[p]
-      if leaf not in node:
-        raise KeyError(f'config.method_overrides.{method}: {key!r} is not a config key')
-      node[leaf] = value
+    overrides = (config.get('method_overrides') or {}).get(method, {})
+    _merge(cfg, overrides, f'config.method_overrides.{method}')
   return cfg
 
 
+def _mean_std(values: list[float]) -> str:
+  v = np.asarray(values, np.float64) * 100
+  return f'{v.mean():.2f}' if v.size == 1 else f'{v.mean():.2f}±{v.std(ddof=1):.2f}'
+
+
 def format_comparison(rows: list[dict]) -> str:
-  lines = [f'{"method":<10}{"test acc":>10}{"best val":>10}{"trainable":>12}'
-           f'{"share %":>9}{"select s":>10}{"train s":>9}']
+  """One line per method; accuracies are mean±std over seeds when several ran."""
+  by_method: dict[str, list[dict]] = {}
   for r in rows:
-    val = r.get('best_val_accuracy')
-    lines.append(f'{r["method"]:<10}{100 * r["test_accuracy"]:>10.2f}'
-                 f'{(100 * val if val is not None else float("nan")):>10.2f}'
-                 f'{r["trainable_without_head"]:>12,}{r["share_without_head_pct"]:>9.3f}'
-                 f'{r["selection_seconds"]:>10.1f}{r["train_seconds"]:>9.1f}')
+    by_method.setdefault(r['method'], []).append(r)
+  lines = [
+    f'{"method":<10}{"seeds":>6}{"test acc %":>14}{"best val %":>14}{"trainable":>11}'
+    f'{"share %":>9}{"select s":>10}{"train s":>9}'
+  ]
+  for method, rs in by_method.items():
+    val = [r['best_val_accuracy'] for r in rs if r.get('best_val_accuracy') is not None]
+    r0 = rs[0]
+    lines.append(
+      f'{method:<10}{len(rs):>6}{_mean_std([r["test_accuracy"] for r in rs]):>14}'
+      f'{(_mean_std(val) if val else "-"):>14}'
+      f'{r0["trainable_without_head"]:>11,}{r0["share_without_head_pct"]:>9.3f}'
+      f'{np.mean([r["selection_seconds"] for r in rs]):>10.1f}'
+      f'{np.mean([r["train_seconds"] for r in rs]):>9.1f}'
+    )
   return '\n'.join(lines)
 
 
-def run_config(config: ml_collections.ConfigDict, workdir: str,
-               printer: Callable[[str], None] = print) -> list[dict]:
-  """Runs everything `config` asks for; returns the results of each method."""
+def run_config(
+  config: ml_collections.ConfigDict, workdir: str, printer: Callable[[str], None] = print
+) -> list[dict]:
+  """Runs everything `config` asks for; returns the results of every run."""
   config = config.copy_and_resolve_references()
   methods = tuple(config.get('compare_methods') or ()) or (config.method,)
+  seeds = tuple(config.get('compare_seeds') or ()) or (config.seed,)
   for method in methods:  # fail on a bad method before hours of upstream training
     experiment.method_rules(method_config(config, method))
   if config.get('upstream'):
@@ -59,11 +86,17 @@ def run_config(config: ml_collections.ConfigDict, workdir: str,
       config.model.checkpoint = path
   rows = []
   for method in methods:
-    sub = os.path.join(workdir, method) if len(methods) > 1 else workdir
-    res = experiment.run(method_config(config, method), sub, printer)
-    res.pop('params')
-    rows.append(res)
-  if len(methods) > 1:
+    for seed in seeds:
+      sub = os.path.join(workdir, method) if len(methods) > 1 else workdir
+      if len(seeds) > 1:
+        sub = os.path.join(sub, f'seed_{seed}')
+      cfg = method_config(config, method)
+      cfg.seed = seed
+      res = experiment.run(cfg, sub, printer)
+      res.pop('params')
+      res['seed'] = seed
+      rows.append(res)
+  if len(rows) > 1:
     table = format_comparison(rows)
     printer('\n' + table)
     with open(os.path.join(workdir, 'comparison.json'), 'w') as f:

@@ -42,9 +42,17 @@ class TrainState:
 class MaskedFinetuner:
   """Builds the state and the jitted train / eval steps of one run."""
 
-  def __init__(self, apply_fn: Callable, roles: Any, indices: Mapping[str, jax.Array],
-               config: ml_collections.ConfigDict, *, num_classes: int, total_steps: int,
-               mode: str = 'sparse'):
+  def __init__(
+    self,
+    apply_fn: Callable,
+    roles: Any,
+    indices: Mapping[str, jax.Array],
+    config: ml_collections.ConfigDict,
+    *,
+    num_classes: int,
+    total_steps: int,
+    mode: str = 'sparse',
+  ):
     if mode not in MODES:
       raise ValueError(f'config.train.update_mode={mode!r}: use one of {MODES}')
     self.apply_fn = apply_fn
@@ -80,12 +88,20 @@ class MaskedFinetuner:
       aux = self.indices
     else:
       from gps_jax.selection import indices_to_mask  # pylint: disable=g-import-not-at-top
+
       rl = roles_lib.flat(self.roles)
       frozen, trainable = {}, params
-      aux = {p: (indices_to_mask(self.indices[p], r) if r.role == 'select'
-                 else jnp.full(r.shape, r.role == 'train')) for p, r in rl.items()}
-    state = TrainState(step=jnp.zeros((), jnp.int32), trainable=trainable,
-                       opt_state=self.tx.init(trainable))
+      aux = {
+        p: (
+          indices_to_mask(self.indices[p], r)
+          if r.role == 'select'
+          else jnp.full(r.shape, r.role == 'train')
+        )
+        for p, r in rl.items()
+      }
+    state = TrainState(
+      step=jnp.zeros((), jnp.int32), trainable=trainable, opt_state=self.tx.init(trainable)
+    )
     return state, frozen, aux
 
   def compose(self, frozen, aux, trainable) -> dict[str, jax.Array]:
@@ -105,15 +121,15 @@ class MaskedFinetuner:
   # -- steps -----------------------------------------------------------------
   def _loss(self, trainable, frozen, aux, batch, rng):
     params = roles_lib.unflat(self.compose(frozen, aux, trainable))
-    logits, _ = self.apply_fn({'params': params}, batch['image'], train=True,
-                              rngs={'dropout': rng})
+    logits, _ = self.apply_fn({'params': params}, batch['image'], train=True, rngs={'dropout': rng})
     loss = cross_entropy(logits, batch['label'], self.num_classes, self.label_smoothing)
     return loss.mean(), logits
 
   def _train_step(self, state: TrainState, frozen, aux, batch, rng):
     rng = jax.random.fold_in(rng, state.step)
     (loss, logits), grads = jax.value_and_grad(self._loss, has_aux=True)(
-        state.trainable, frozen, aux, batch, rng)
+      state.trainable, frozen, aux, batch, rng
+    )
     if self.mode == 'dense':
       grads = jax.tree.map(lambda g, m: jnp.where(m, g, 0), grads, aux)
       decay_params = state.trainable
@@ -122,13 +138,17 @@ class MaskedFinetuner:
     updates, opt_state = self.tx.update(grads, state.opt_state, decay_params)
     if self.mode == 'dense':
       # where() instead of adding a zero update: frozen entries stay bit-identical.
-      trainable = jax.tree.map(lambda p, u, m: jnp.where(m, p + u.astype(p.dtype), p),
-                               state.trainable, updates, aux)
+      trainable = jax.tree.map(
+        lambda p, u, m: jnp.where(m, p + u.astype(p.dtype), p), state.trainable, updates, aux
+      )
     else:
       trainable = optax.apply_updates(state.trainable, updates)
     labels = batch['label'] if batch['label'].ndim == 1 else batch['label'].argmax(-1)
-    metrics = {'loss': loss, 'accuracy': jnp.mean(logits.argmax(-1) == labels),
-               'lr': self.lr_fn(state.step)}
+    metrics = {
+      'loss': loss,
+      'accuracy': jnp.mean(logits.argmax(-1) == labels),
+      'lr': self.lr_fn(state.step),
+    }
     return TrainState(state.step + 1, trainable, opt_state), metrics
 
   def _eval_step(self, params, batch):
@@ -150,12 +170,19 @@ class MaskedFinetuner:
     return correct / count
 
 
-def fit(tuner: MaskedFinetuner, params: Mapping[str, jax.Array], train_batches: Iterator,
-        num_steps: int, rng: jax.Array, *,
-        eval_sets: Mapping[str, Callable[[], Iterable]] = (),
-        final_sets: Mapping[str, Callable[[], Iterable]] = (),
-        eval_every: int = 0, log_every: int = 50,
-        printer: Callable[[str], None] = print) -> dict:
+def fit(
+  tuner: MaskedFinetuner,
+  params: Mapping[str, jax.Array],
+  train_batches: Iterator,
+  num_steps: int,
+  rng: jax.Array,
+  *,
+  eval_sets: Mapping[str, Callable[[], Iterable]] = (),
+  final_sets: Mapping[str, Callable[[], Iterable]] = (),
+  eval_every: int = 0,
+  log_every: int = 50,
+  printer: Callable[[str], None] = print,
+) -> dict:
   """Trains for `num_steps` steps of `train_batches`.
 
   `eval_sets` (e.g. validation) are evaluated every `eval_every` steps and at
@@ -176,11 +203,14 @@ def fit(tuner: MaskedFinetuner, params: Mapping[str, jax.Array], train_batches: 
     if step % log_every == 0 or step == num_steps:
       m = jax.device_get(metrics)
       if not np.isfinite(m['loss']):
-        raise FloatingPointError(f'loss is {m["loss"]} at step {step}; lower the lr '
-                                 '(config.optim.lr) or check the data')
+        raise FloatingPointError(
+          f'loss is {m["loss"]} at step {step}; lower the lr (config.optim.lr) or check the data'
+        )
       now = time.perf_counter()
-      printer(f'  step {step:>6}/{num_steps}  loss {m["loss"]:.4f}  acc {m["accuracy"]:.3f}  '
-              f'lr {m["lr"]:.2e}  {images_since / (now - t_log):,.0f} img/s')
+      printer(
+        f'  step {step:>6}/{num_steps}  loss {m["loss"]:.4f}  acc {m["accuracy"]:.3f}  '
+        f'lr {m["lr"]:.2e}  {images_since / (now - t_log):,.0f} img/s'
+      )
       t_log, images_since = now, 0
     if eval_sets and eval_every and step % eval_every == 0 and step != num_steps:
       accs = {name: tuner.evaluate(frozen, aux, state, make()) for name, make in eval_sets.items()}
@@ -188,12 +218,21 @@ def fit(tuner: MaskedFinetuner, params: Mapping[str, jax.Array], train_batches: 
       printer(f'  eval at step {step}: ' + '  '.join(f'{k} {v:.4f}' for k, v in accs.items()))
   jax.block_until_ready(state)
   train_seconds = time.perf_counter() - t0
-  final = {name: tuner.evaluate(frozen, aux, state, make())
-           for name, make in {**eval_sets, **final_sets}.items()}
+  final = {
+    name: tuner.evaluate(frozen, aux, state, make())
+    for name, make in {**eval_sets, **final_sets}.items()
+  }
   if eval_sets:
     history.append({'step': num_steps, **{k: final[k] for k in eval_sets}})
   if final:
     printer('  final: ' + '  '.join(f'{k} {v:.4f}' for k, v in final.items()))
   best = {name: max(h[name] for h in history) for name in eval_sets}
-  return {'state': state, 'frozen': frozen, 'aux': aux, 'history': history,
-          'final': final, 'best': best, 'train_seconds': train_seconds}
+  return {
+    'state': state,
+    'frozen': frozen,
+    'aux': aux,
+    'history': history,
+    'final': final,
+    'best': best,
+    'train_seconds': train_seconds,
+  }

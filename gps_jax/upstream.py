@@ -23,13 +23,17 @@ from gps_jax.vit_npz import save_vit_npz
 def cache_path(upstream: ml_collections.ConfigDict) -> str:
   """Where the backbone of this upstream config is (or will be) cached."""
   key = hashlib.sha256(upstream.to_json(sort_keys=True).encode()).hexdigest()[:12]
-  cache_dir = (upstream.get('cache_dir') or os.environ.get('GPS_JAX_CACHE')
-               or os.path.join(os.path.expanduser('~'), '.cache', 'gps_jax'))
+  cache_dir = (
+    upstream.get('cache_dir')
+    or os.environ.get('GPS_JAX_CACHE')
+    or os.path.join(os.path.expanduser('~'), '.cache', 'gps_jax')
+  )
   return os.path.join(cache_dir, f'{upstream.get("name", "upstream")}-{key}.npz')
 
 
-def ensure_upstream(upstream: ml_collections.ConfigDict, workdir: str,
-                    printer: Callable[[str], None] = print) -> str:
+def ensure_upstream(
+  upstream: ml_collections.ConfigDict, workdir: str, printer: Callable[[str], None] = print
+) -> str:
   """Returns the cached backbone `.npz` of `upstream`, training it first if absent."""
   path = cache_path(upstream)
   if os.path.exists(path):

@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from gps_jax import checkpoint
 
@@ -13,24 +14,37 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # A tiny version of configs/demo.py: 16-wide, 1 block, a few steps everywhere.
 TINY = [
-    '--config.model.hidden_size=16', '--config.model.num_layers=1', '--config.model.num_heads=2',
-    '--config.model.mlp_dim=32',
-    '--config.upstream.model.hidden_size=16', '--config.upstream.model.num_layers=1',
-    '--config.upstream.model.num_heads=2', '--config.upstream.model.mlp_dim=32',
-    '--config.upstream.train.steps=5', '--config.train.steps=4',
-    '--config.gps.k=2',
+  '--config.model.hidden_size=16',
+  '--config.model.num_layers=1',
+  '--config.model.num_heads=2',
+  '--config.model.mlp_dim=32',
+  '--config.upstream.model.hidden_size=16',
+  '--config.upstream.model.num_layers=1',
+  '--config.upstream.model.num_heads=2',
+  '--config.upstream.model.mlp_dim=32',
+  '--config.upstream.train.steps=5',
+  '--config.train.steps=4',
+  '--config.gps.k=2',
 ]
 
 
 def _run(workdir, cache, *extra):
   env = dict(os.environ, GPS_JAX_CACHE=str(cache))
-  cmd = [sys.executable, '-m', 'gps_jax.main', '--config=configs/demo.py',
-         f'--workdir={workdir}', *TINY, *extra]
+  cmd = [
+    sys.executable,
+    '-m',
+    'gps_jax.main',
+    '--config=configs/demo.py',
+    f'--workdir={workdir}',
+    *TINY,
+    *extra,
+  ]
   proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
   assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
   return proc.stdout
 
 
+@pytest.mark.slow
 def test_demo_cli_end_to_end(tmp_path):
   out = _run(tmp_path / 'run', tmp_path / 'cache', "--config.compare_methods=('gps','linear')")
   assert '[upstream] pretraining the backbone' in out
@@ -62,16 +76,25 @@ def test_demo_cli_end_to_end(tmp_path):
   assert linear['k'] is None and linear['trainable_without_head'] == 0
 
   # A second run reuses the cached upstream backbone.
-  out2 = _run(tmp_path / 'run2', tmp_path / 'cache', '--config.compare_methods=()',
-              '--config.method=bitfit')
+  out2 = _run(
+    tmp_path / 'run2', tmp_path / 'cache', '--config.compare_methods=()', '--config.method=bitfit'
+  )
   assert '[upstream] using cached backbone' in out2
   assert json.loads((tmp_path / 'run2' / 'results.json').read_text())['method'] == 'bitfit'
 
 
 def test_cli_rejects_unknown_method(tmp_path):
   env = dict(os.environ, GPS_JAX_CACHE=str(tmp_path / 'cache'))
-  cmd = [sys.executable, '-m', 'gps_jax.main', '--config=configs/demo.py',
-         f'--workdir={tmp_path}', *TINY, '--config.compare_methods=()', '--config.method=nope']
+  cmd = [
+    sys.executable,
+    '-m',
+    'gps_jax.main',
+    '--config=configs/demo.py',
+    f'--workdir={tmp_path}',
+    *TINY,
+    '--config.compare_methods=()',
+    '--config.method=nope',
+  ]
   proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
   assert proc.returncode != 0
   assert "config.method='nope'" in proc.stderr

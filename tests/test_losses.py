@@ -65,7 +65,7 @@ def test_reference_on_hand_computed_case():
   # a = b = e1 (class 0), c = e2 (class 1), tau = base = 1:
   # anchor a: positives {b}: -log(e^1 / (e^1 + e^0)) = log(1 + e^-1); same for b;
   # c has no positive and is excluded.
-  z = np.array([[1., 0.], [1., 0.], [0., 1.]])
+  z = np.array([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
   expected = math.log(1 + math.exp(-1))
   assert supcon_ref(z, [0, 0, 1], 1.0, 1.0) == pytest.approx(expected, rel=1e-12)
   assert supcon_ref(z, [0, 0, 1], 1.0, 1.0, stable=False) == pytest.approx(expected, rel=1e-12)
@@ -75,11 +75,11 @@ def test_reference_on_hand_computed_case():
 # supcon_loss
 # ----------------------------------------------------------------------------
 def test_supcon_hand_computed():
-  z = jnp.array([[1., 0.], [1., 0.], [0., 1.]])
+  z = jnp.array([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
   got = supcon_loss(z, jnp.array([0, 0, 1]), temperature=1.0, base_temperature=1.0)
   np.testing.assert_allclose(float(got), math.log(1 + math.exp(-1)), rtol=1e-6)
   # Two samples of one class: the only other sample is the positive, loss 0.
-  got = supcon_loss(jnp.array([[1., 0.], [0.6, 0.8]]), jnp.array([3, 3]))
+  got = supcon_loss(jnp.array([[1.0, 0.0], [0.6, 0.8]]), jnp.array([3, 3]))
   np.testing.assert_allclose(float(got), 0.0, atol=1e-6)
 
 
@@ -179,8 +179,12 @@ def test_supcon_gradient_finite_and_matches_finite_differences():
   # Central differences of the float64 reference at a moderate temperature.
   zs = normalized(rng, 6, 4).astype(np.float64)
   tau = 0.2
-  g = np.asarray(jax.grad(lambda f: supcon_loss(f, jnp.asarray(labels), tau, 0.07))(
-      jnp.asarray(zs, jnp.float32)), np.float64)
+  g = np.asarray(
+    jax.grad(lambda f: supcon_loss(f, jnp.asarray(labels), tau, 0.07))(
+      jnp.asarray(zs, jnp.float32)
+    ),
+    np.float64,
+  )
   eps = 1e-6
   num = np.zeros_like(zs)
   for idx in np.ndindex(zs.shape):
@@ -201,9 +205,9 @@ def test_supcon_rejects_bad_shapes():
 
 
 def test_l2_normalize():
-  x = np.array([[3., 4.], [0., 0.], [1e-3, 0.]], np.float32)
+  x = np.array([[3.0, 4.0], [0.0, 0.0], [1e-3, 0.0]], np.float32)
   got = np.asarray(l2_normalize(jnp.asarray(x)))
-  np.testing.assert_allclose(got, [[0.6, 0.8], [0., 0.], [1., 0.]], rtol=1e-6)
+  np.testing.assert_allclose(got, [[0.6, 0.8], [0.0, 0.0], [1.0, 0.0]], rtol=1e-6)
 
 
 # ----------------------------------------------------------------------------
@@ -235,7 +239,7 @@ def test_cross_entropy_hand_value():
   np.testing.assert_allclose(np.asarray(got), [math.log(4)], rtol=1e-6)
   # logits (0, log 3): p = (1/4, 3/4); label 1 smoothed by 0.2 over 2 classes:
   # t = (0.1, 0.9); CE = -0.1 log(1/4) - 0.9 log(3/4).
-  got = cross_entropy(jnp.array([[0., math.log(3.)]]), jnp.array([1]), 2, 0.2)
+  got = cross_entropy(jnp.array([[0.0, math.log(3.0)]]), jnp.array([1]), 2, 0.2)
   want = -0.1 * math.log(0.25) - 0.9 * math.log(0.75)
   np.testing.assert_allclose(np.asarray(got), [want], rtol=1e-6)
 

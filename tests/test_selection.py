@@ -9,28 +9,30 @@ from gps_jax import roles as roles_lib
 from gps_jax import selection
 from gps_jax.models import ViT
 
-TINY = dict(num_classes=5, patch_size=4, hidden_size=16, num_layers=2, num_heads=2,
-            mlp_dim=32, image_size=8)
+TINY = dict(
+  num_classes=5, patch_size=4, hidden_size=16, num_layers=2, num_heads=2, mlp_dim=32, image_size=8
+)
 
 
 def tiny_shapes(**overrides):
   model = ViT(**{**TINY, **overrides})
   s = model.image_size
-  return jax.eval_shape(lambda r: model.init(r, jnp.zeros((1, s, s, 3)), train=False),
-                        jax.random.PRNGKey(0))['params']
+  return jax.eval_shape(
+    lambda r: model.init(r, jnp.zeros((1, s, s, 3)), train=False), jax.random.PRNGKey(0)
+  )['params']
 
 
 def expected_gps_table(layers=2):
   """{path: (role, fan_in_ndim)} of the tiny ViT under the GPS rules, written by hand."""
   t = {
-      'embedding/kernel': ('select', 3),          # conv (kh, kw, in, out)
-      'embedding/bias': ('train', 0),
-      'cls': ('freeze', 0),
-      'Transformer/posembed_input/pos_embedding': ('freeze', 0),
-      'Transformer/encoder_norm/scale': ('freeze', 0),
-      'Transformer/encoder_norm/bias': ('freeze', 0),
-      'head/kernel': ('train', 0),
-      'head/bias': ('train', 0),
+    'embedding/kernel': ('select', 3),  # conv (kh, kw, in, out)
+    'embedding/bias': ('train', 0),
+    'cls': ('freeze', 0),
+    'Transformer/posembed_input/pos_embedding': ('freeze', 0),
+    'Transformer/encoder_norm/scale': ('freeze', 0),
+    'Transformer/encoder_norm/bias': ('freeze', 0),
+    'head/kernel': ('train', 0),
+    'head/bias': ('train', 0),
   }
   for i in range(layers):
     b = f'Transformer/encoderblock_{i}/'
@@ -39,9 +41,9 @@ def expected_gps_table(layers=2):
       t[b + ln + '/bias'] = ('freeze', 0)
     a = b + 'MultiHeadDotProductAttention_1/'
     for qkv in ('query', 'key', 'value'):
-      t[a + qkv + '/kernel'] = ('select', 1)      # (in, heads, head_dim)
+      t[a + qkv + '/kernel'] = ('select', 1)  # (in, heads, head_dim)
       t[a + qkv + '/bias'] = ('train', 0)
-    t[a + 'out/kernel'] = ('select', 2)           # (heads, head_dim, out)
+    t[a + 'out/kernel'] = ('select', 2)  # (heads, head_dim, out)
     t[a + 'out/bias'] = ('train', 0)
     for dense in ('Dense_0', 'Dense_1'):
       t[b + f'MlpBlock_3/{dense}/kernel'] = ('select', 1)
@@ -81,7 +83,9 @@ def test_assign_roles_works_on_arrays_and_keeps_structure():
   assert got == expected_gps_table()
 
 
-@pytest.mark.parametrize('rules,match', [
+@pytest.mark.parametrize(
+  'rules,match',
+  [
     ((('.*', 'tune'),), "unknown role 'tune'"),
     ((('(unclosed', 'train'),), r"rule #0.*bad regex '\(unclosed'"),
     ((('^head/', 'train'), ('[', 'freeze')), r"rule #1.*bad regex '\['"),
@@ -89,7 +93,8 @@ def test_assign_roles_works_on_arrays_and_keeps_structure():
     ((('embedding/bias$', 'select'), ('.*', 'freeze')), r"'embedding/bias'.*select"),
     ((('.*', 'select'),), r'has role select'),
     ((('.*',),), r'rule #0'),
-])
+  ],
+)
 def test_assign_roles_bad_rules(rules, match):
   with pytest.raises(ValueError, match=match):
     roles_lib.assign_roles(tiny_shapes(), rules)
@@ -110,8 +115,12 @@ def test_method_rules():
     assert {p: (r.role, r.fan_in_ndim) for p, r in flat.items()} == table, method
 
   def roles_of(method):
-    return {p: r.role for p, r in
-            roles_lib.flat(roles_lib.assign_roles(shapes, roles_lib.METHOD_RULES[method])).items()}
+    return {
+      p: r.role
+      for p, r in roles_lib.flat(
+        roles_lib.assign_roles(shapes, roles_lib.METHOD_RULES[method])
+      ).items()
+    }
 
   assert set(roles_of('full').values()) == {'train'}
   linear = roles_of('linear')
@@ -120,7 +129,8 @@ def test_method_rules():
   assert set(linear.values()) == {'train', 'freeze'}
   bitfit = roles_of('bitfit')
   want_train = {'head/kernel', 'head/bias', 'embedding/bias'} | {
-      p for p in table if p.endswith('/bias') and 'LayerNorm' not in p and 'encoder_norm' not in p}
+    p for p in table if p.endswith('/bias') and 'LayerNorm' not in p and 'encoder_norm' not in p
+  }
   assert {p for p, r in bitfit.items() if r == 'train'} == want_train
   assert {p for p, r in bitfit.items() if r == 'freeze'} == set(table) - want_train
   assert len(want_train) == 2 + 1 + 2 * 6  # head, embedding, 6 biases per block
@@ -130,12 +140,12 @@ def test_method_rules():
 # select_neuron_topk against NumPy
 # ----------------------------------------------------------------------------
 KINDS = {
-    # name: (path, shape, fan_in_ndim under the default fan-in rules)
-    'dense': ('blk/MlpBlock_3/Dense_0/kernel', (12, 20), 1),
-    'qkv': ('blk/MultiHeadDotProductAttention_1/query/kernel', (12, 3, 4), 1),
-    'out': ('blk/MultiHeadDotProductAttention_1/out/kernel', (3, 4, 12), 2),
-    'conv': ('embedding/kernel', (3, 3, 4, 6), 3),
-    'depthwise': ('stage_0/dwconv/kernel', (7, 7, 1, 5), 3),
+  # name: (path, shape, fan_in_ndim under the default fan-in rules)
+  'dense': ('blk/MlpBlock_3/Dense_0/kernel', (12, 20), 1),
+  'qkv': ('blk/MultiHeadDotProductAttention_1/query/kernel', (12, 3, 4), 1),
+  'out': ('blk/MultiHeadDotProductAttention_1/out/kernel', (3, 4, 12), 2),
+  'conv': ('embedding/kernel', (3, 3, 4, 6), 3),
+  'depthwise': ('stage_0/dwconv/kernel', (7, 7, 1, 5), 3),
 }
 
 
@@ -156,10 +166,12 @@ def ref_topk(score, fan_in_ndim, k):
 
 
 def roles_for(shapes_by_path):
-  params = roles_lib.unflat({p: jax.ShapeDtypeStruct(s, jnp.float32)
-                             for p, s in shapes_by_path.items()})
-  return roles_lib.assign_roles(params, ((r'(^|/)bias$', 'train'), ('frozen', 'freeze'),
-                                         ('.*', 'select')))
+  params = roles_lib.unflat(
+    {p: jax.ShapeDtypeStruct(s, jnp.float32) for p, s in shapes_by_path.items()}
+  )
+  return roles_lib.assign_roles(
+    params, ((r'(^|/)bias$', 'train'), ('frozen', 'freeze'), ('.*', 'select'))
+  )
 
 
 @pytest.mark.parametrize('kind', sorted(KINDS))
@@ -198,13 +210,15 @@ def test_select_neuron_topk_accepts_nested_scores_and_roles_of_other_leaves():
   shapes = {'enc/Dense_0/kernel': (6, 4), 'enc/Dense_0/bias': (4,), 'frozen/w': (3, 3)}
   roles = roles_for(shapes)
   assert {p: r.role for p, r in roles_lib.flat(roles).items()} == {
-      'enc/Dense_0/kernel': 'select', 'enc/Dense_0/bias': 'train', 'frozen/w': 'freeze'}
+    'enc/Dense_0/kernel': 'select',
+    'enc/Dense_0/bias': 'train',
+    'frozen/w': 'freeze',
+  }
   score = np.random.default_rng(0).normal(size=(6, 4)).astype(np.float32)
   nested = {'enc': {'Dense_0': {'kernel': jnp.asarray(score)}}}
   indices, masks = selection.select_neuron_topk(nested, 2, roles)
   assert set(indices) == {'enc/Dense_0/kernel'}
-  np.testing.assert_array_equal(np.asarray(indices['enc/Dense_0/kernel']),
-                                ref_topk(score, 1, 2)[0])
+  np.testing.assert_array_equal(np.asarray(indices['enc/Dense_0/kernel']), ref_topk(score, 1, 2)[0])
   fm = roles_lib.flat(masks)
   assert set(fm) == set(shapes)
   assert fm['enc/Dense_0/bias'].shape == (4,) and bool(np.all(fm['enc/Dense_0/bias']))
@@ -240,8 +254,9 @@ def test_indices_to_mask_matches_numpy_scatter(kind):
   role = roles_lib.flat(roles_for({path: shape}))[path]
   rng = np.random.default_rng(1)
   k = 3
-  idx = np.stack([np.sort(rng.choice(role.fan_in, k, replace=False))
-                  for _ in range(role.num_neurons)]).astype(np.int32)
+  idx = np.stack(
+    [np.sort(rng.choice(role.fan_in, k, replace=False)) for _ in range(role.num_neurons)]
+  ).astype(np.int32)
   want = np.zeros((role.fan_in, role.num_neurons), bool)
   for j in range(role.num_neurons):
     for t in range(k):
@@ -314,8 +329,7 @@ def test_magnitude_scores(tiny):
   for p in select:
     np.testing.assert_array_equal(np.asarray(scores[p]), np.abs(flat[p]))
   p = 'Transformer/encoderblock_1/MultiHeadDotProductAttention_1/out/kernel'
-  indices, _ = selection.select_neuron_topk({p: scores[p]}, 3,
-                                            {p: roles_lib.flat(roles)[p]})
+  indices, _ = selection.select_neuron_topk({p: scores[p]}, 3, {p: roles_lib.flat(roles)[p]})
   np.testing.assert_array_equal(np.asarray(indices[p]), ref_topk(flat[p], 2, 3)[0])
 
 
@@ -339,8 +353,13 @@ def own_supcon(z, labels, tau):
 
 def make_batches(num, b, seed):
   rng = np.random.default_rng(seed)
-  return [{'image': rng.normal(size=(2 * b, 8, 8, 3)).astype(np.float32),
-           'label': rng.integers(0, 3, size=b).astype(np.int32)} for _ in range(num)]
+  return [
+    {
+      'image': rng.normal(size=(2 * b, 8, 8, 3)).astype(np.float32),
+      'label': rng.integers(0, 3, size=b).astype(np.int32),
+    }
+    for _ in range(num)
+  ]
 
 
 @pytest.mark.slow
@@ -350,20 +369,23 @@ def test_accumulate_scores_is_sum_of_batch_gradients(tiny):
   batches = make_batches(3, 4, seed=3)
   rng = jax.random.PRNGKey(7)
   params = {p: jnp.asarray(v) for p, v in flat.items()}
-  scores, stats = selection.accumulate_scores(model.apply, params, roles, iter(batches), rng,
-                                              temperature=tau)
+  scores, stats = selection.accumulate_scores(
+    model.apply, params, roles, iter(batches), rng, temperature=tau
+  )
   select = roles_lib.leaves_with_role(roles, 'select')
   assert set(scores) == set(select)
 
   @jax.jit
   def loss_and_grad(params, images, labels, key):
     def loss(p):
-      _, feats = model.apply({'params': roles_lib.unflat(p)}, images, train=True,
-                             rngs={'dropout': key})
+      _, feats = model.apply(
+        {'params': roles_lib.unflat(p)}, images, train=True, rngs={'dropout': key}
+      )
       z = feats / jnp.linalg.norm(feats, axis=-1, keepdims=True)
       # Rows 0..B-1 are the first views, B..2B-1 the second views of the same images.
       # The loss is scaled by tau / base_tau, base_tau = 0.07 as in the reference code.
       return tau / 0.07 * own_supcon(z, jnp.concatenate([labels, labels]), tau)
+
     return jax.value_and_grad(loss)(params)
 
   want = {p: np.zeros(r.shape, np.float64) for p, r in select.items()}

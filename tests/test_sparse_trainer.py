@@ -13,8 +13,9 @@ from gps_jax.config_defaults import experiment_config
 from gps_jax.models import ViT
 from gps_jax.trainer import MaskedFinetuner
 
-TINY = dict(num_classes=5, patch_size=4, hidden_size=16, num_layers=2, num_heads=2,
-            mlp_dim=32, image_size=8)
+TINY = dict(
+  num_classes=5, patch_size=4, hidden_size=16, num_layers=2, num_heads=2, mlp_dim=32, image_size=8
+)
 K = 2
 STEPS = 10
 # Adam eps 1e-4: the key bias has an exactly-zero true gradient (softmax is shift-invariant),
@@ -26,17 +27,18 @@ LR, WD, EPS, B1, B2, SMOOTHING = 1e-2, 0.1, 1e-4, 0.9, 0.999, 0.1
 # scatter_add / gather against NumPy
 # ----------------------------------------------------------------------------
 KINDS = [
-    ((12, 20), 1),       # Dense (in, out)
-    ((12, 3, 4), 1),     # attention q/k/v (in, heads, head_dim)
-    ((3, 4, 12), 2),     # attention out (heads, head_dim, out)
-    ((3, 3, 4, 6), 3),   # conv (kh, kw, in, out)
-    ((7, 7, 1, 5), 3),   # depthwise conv
+  ((12, 20), 1),  # Dense (in, out)
+  ((12, 3, 4), 1),  # attention q/k/v (in, heads, head_dim)
+  ((3, 4, 12), 2),  # attention out (heads, head_dim, out)
+  ((3, 3, 4, 6), 3),  # conv (kh, kw, in, out)
+  ((7, 7, 1, 5), 3),  # depthwise conv
 ]
 
 
 def random_indices(rng, fan_in, neurons, k):
-  return np.stack([np.sort(rng.choice(fan_in, k, replace=False))
-                   for _ in range(neurons)]).astype(np.int32)
+  return np.stack([np.sort(rng.choice(fan_in, k, replace=False)) for _ in range(neurons)]).astype(
+    np.int32
+  )
 
 
 @pytest.mark.parametrize('shape,fan_in_ndim', KINDS)
@@ -59,16 +61,19 @@ def test_scatter_add_and_gather_match_numpy(shape, fan_in_ndim):
       want_gather[j, t] = base[in_pos + out_pos]
       want[in_pos + out_pos] += values[j, t]
 
-  got = np.asarray(sparse.scatter_add(jnp.asarray(base), jnp.asarray(idx),
-                                      jnp.asarray(values), fan_in_ndim))
+  got = np.asarray(
+    sparse.scatter_add(jnp.asarray(base), jnp.asarray(idx), jnp.asarray(values), fan_in_ndim)
+  )
   assert got.shape == shape
   np.testing.assert_array_equal(got, want)
   got_g = np.asarray(sparse.gather(jnp.asarray(base), jnp.asarray(idx), fan_in_ndim))
   np.testing.assert_array_equal(got_g, want_gather)
   # Round trip: gather of the scattered kernel is base + values at the indices.
   np.testing.assert_allclose(
-      np.asarray(sparse.gather(jnp.asarray(got), jnp.asarray(idx), fan_in_ndim)),
-      want_gather + values, rtol=1e-6)
+    np.asarray(sparse.gather(jnp.asarray(got), jnp.asarray(idx), fan_in_ndim)),
+    want_gather + values,
+    rtol=1e-6,
+  )
 
 
 # ----------------------------------------------------------------------------
@@ -108,20 +113,28 @@ def make_config(method='gps', mode='sparse'):
 
 def make_batches(num, b, seed=0):
   rng = np.random.default_rng(seed)
-  return [{'image': rng.normal(size=(b, 8, 8, 3)).astype(np.float32),
-           'label': rng.integers(0, 5, size=b).astype(np.int32)} for _ in range(num)]
+  return [
+    {
+      'image': rng.normal(size=(b, 8, 8, 3)).astype(np.float32),
+      'label': rng.integers(0, 5, size=b).astype(np.int32),
+    }
+    for _ in range(num)
+  ]
 
 
 @pytest.fixture(scope='module')
 def setup():
   model = ViT(**TINY)
-  shapes = jax.eval_shape(lambda r: model.init(r, jnp.zeros((1, 8, 8, 3)), train=False),
-                          jax.random.PRNGKey(0))['params']
+  shapes = jax.eval_shape(
+    lambda r: model.init(r, jnp.zeros((1, 8, 8, 3)), train=False), jax.random.PRNGKey(0)
+  )['params']
   base = random_params(shapes)
   roles = roles_lib.assign_roles(shapes)
   rng = np.random.default_rng(1)
-  indices = {p: random_indices(rng, r.fan_in, r.num_neurons, K)
-             for p, r in roles_lib.leaves_with_role(roles, 'select').items()}
+  indices = {
+    p: random_indices(rng, r.fan_in, r.num_neurons, K)
+    for p, r in roles_lib.leaves_with_role(roles, 'select').items()
+  }
   return model, base, roles, indices, make_batches(STEPS, 8)
 
 
@@ -148,8 +161,15 @@ def train(setup, mode, rules=None, indices=None, steps=STEPS):
   if rules is not None:
     roles = roles_lib.assign_roles(roles_lib.unflat(base), rules)
   indices = sel if indices is None else indices
-  tuner = MaskedFinetuner(model.apply, roles, {p: jnp.asarray(v) for p, v in indices.items()},
-                          make_config(mode=mode), num_classes=5, total_steps=steps, mode=mode)
+  tuner = MaskedFinetuner(
+    model.apply,
+    roles,
+    {p: jnp.asarray(v) for p, v in indices.items()},
+    make_config(mode=mode),
+    num_classes=5,
+    total_steps=steps,
+    mode=mode,
+  )
   state, frozen, aux = tuner.init(copy_of(base))
   rng = jax.random.PRNGKey(3)
   for b in batches[:steps]:
@@ -189,9 +209,11 @@ def test_dense_matches_numpy_masked_adamw(setup, runs):
   @jax.jit
   def grad_fn(params, images, labels):
     def loss(p):
-      logits, _ = model.apply({'params': roles_lib.unflat(p)}, images, train=True,
-                              rngs={'dropout': jax.random.PRNGKey(0)})
+      logits, _ = model.apply(
+        {'params': roles_lib.unflat(p)}, images, train=True, rngs={'dropout': jax.random.PRNGKey(0)}
+      )
       return own_ce(logits, labels)
+
     return jax.grad(loss)(params)
 
   w = {p: v.astype(np.float64) for p, v in base.items()}
@@ -210,8 +232,7 @@ def test_dense_matches_numpy_masked_adamw(setup, runs):
       step = mhat / (np.sqrt(vhat) + EPS) + WD * w[p]
       w[p] = np.where(m, w[p] - lr * step, w[p])
   for p in base:
-    np.testing.assert_allclose(runs['dense']['final'][p], w[p], rtol=1e-4, atol=2e-5,
-                               err_msg=p)
+    np.testing.assert_allclose(runs['dense']['final'][p], w[p], rtol=1e-4, atol=2e-5, err_msg=p)
 
 
 def bits(a):
@@ -290,9 +311,13 @@ def test_delta_from_dense_equals_sparse_state(setup, runs):
   for part in ('train', 'delta'):
     assert set(from_dense[part]) == set(from_sparse[part])
     for p in from_sparse[part]:
-      np.testing.assert_allclose(np.asarray(from_dense[part][p]),
-                                 np.asarray(from_sparse[part][p]), rtol=1e-5, atol=1e-5,
-                                 err_msg=f'{part}/{p}')
+      np.testing.assert_allclose(
+        np.asarray(from_dense[part][p]),
+        np.asarray(from_sparse[part][p]),
+        rtol=1e-5,
+        atol=1e-5,
+        err_msg=f'{part}/{p}',
+      )
   # The delta is the change of the selected entries: tuned - base, gathered in NumPy.
   masks = masks_np(setup[2], setup[3])
   for p, idx in setup[3].items():
@@ -300,8 +325,9 @@ def test_delta_from_dense_equals_sparse_state(setup, runs):
     tuned = runs['dense']['final'][p].reshape(r.fan_in, -1)
     b0 = base[p].reshape(r.fan_in, -1)
     cols = np.arange(r.num_neurons)[:, None]
-    np.testing.assert_allclose(np.asarray(from_dense['delta'][p]),
-                               tuned[idx, cols] - b0[idx, cols], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+      np.asarray(from_dense['delta'][p]), tuned[idx, cols] - b0[idx, cols], rtol=1e-5, atol=1e-6
+    )
     assert masks[p].sum() == idx.size
 
 
@@ -327,12 +353,13 @@ def test_init_does_not_consume_callers_params(setup, mode):
   `sparse_result(base, state)` and evaluation of the base need them."""
   model, base, roles, indices, batches = setup
   params = {p: jnp.asarray(v) for p, v in base.items()}
-  tuner = MaskedFinetuner(model.apply, roles, indices, make_config(mode=mode),
-                          num_classes=5, total_steps=2, mode=mode)
+  tuner = MaskedFinetuner(
+    model.apply, roles, indices, make_config(mode=mode), num_classes=5, total_steps=2, mode=mode
+  )
   state, frozen, aux = tuner.init(params)
   state, _ = tuner.train_step(state, frozen, aux, batches[0], jax.random.PRNGKey(0))
   deleted = [p for p, v in params.items() if v.is_deleted()]
-  assert not deleted, f'train_step donated the caller\'s arrays: {deleted[:3]} ...'
+  assert not deleted, f"train_step donated the caller's arrays: {deleted[:3]} ..."
   for p, v in params.items():
     np.testing.assert_array_equal(np.asarray(v), base[p])
   tuner.sparse_result(params, state)
@@ -344,11 +371,15 @@ def test_init_from_numpy_params_puts_everything_on_device(setup, mode):
   arrays once, not stay NumPy (which the jitted step would copy to the device at every
   step), and `compose` of the initial state must give back the base."""
   model, base, roles, indices, _ = setup
-  tuner = MaskedFinetuner(model.apply, roles, indices, make_config(mode=mode),
-                          num_classes=5, total_steps=2, mode=mode)
+  tuner = MaskedFinetuner(
+    model.apply, roles, indices, make_config(mode=mode), num_classes=5, total_steps=2, mode=mode
+  )
   state, frozen, aux = tuner.init(copy_of(base))
-  host = [p for p, v in {**frozen, **roles_lib.flat(state.trainable)}.items()
-          if not isinstance(v, jax.Array)]
+  host = [
+    p
+    for p, v in {**frozen, **roles_lib.flat(state.trainable)}.items()
+    if not isinstance(v, jax.Array)
+  ]
   assert not host, f'init left NumPy arrays in the state or frozen part: {host[:3]} ...'
   composed = tuner.compose(frozen, aux, state.trainable)
   for p in base:

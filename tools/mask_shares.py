@@ -26,18 +26,23 @@ FLAGS = flags.FLAGS
 
 def main(argv):
   del argv
-  model = vit_lib.build_vit(vit_lib.vit_config(FLAGS.variant, num_classes=FLAGS.num_classes,
-                                               image_size=FLAGS.image_size))
+  model = vit_lib.build_vit(
+    vit_lib.vit_config(FLAGS.variant, num_classes=FLAGS.num_classes, image_size=FLAGS.image_size)
+  )
   x = jnp.zeros((1, FLAGS.image_size, FLAGS.image_size, 3))
   shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), x, train=False))['params']
   roles = roles_lib.assign_roles(shapes, roles_lib.GPS_RULES)
   print(f'ViT-{FLAGS.variant} at {FLAGS.image_size}px, {FLAGS.num_classes}-class head')
-  print(f'{"K":>4}{"backbone params":>18}{"trainable":>12}{"share %":>9}'
-        f'{"with head %":>13}{"neurons":>10}')
+  print(
+    f'{"K":>4}{"backbone params":>18}{"trainable":>12}{"share %":>9}'
+    f'{"with head %":>13}{"neurons":>10}'
+  )
   for k in map(int, FLAGS.k):
     s = mask_stats.mask_statistics(roles, k)
-    print(f'{k:>4}{s["backbone_params"]:>18,}{s["backbone_trainable"]:>12,}'
-          f'{s["share_without_head_pct"]:>9.3f}{s["share_pct"]:>13.3f}{s["neurons"]:>10,}')
+    print(
+      f'{k:>4}{s["backbone_params"]:>18,}{s["backbone_trainable"]:>12,}'
+      f'{s["share_without_head_pct"]:>9.3f}{s["share_pct"]:>13.3f}{s["neurons"]:>10,}'
+    )
     if FLAGS.per_block:
       print(mask_stats.format_table(s))
 

@@ -28,201 +28,256 @@ LN_EPSILON = 1e-6  # vit_jax uses 1e-6, not flax's default 1e-5.
 
 # name -> (hidden_size, num_layers, num_heads, mlp_dim)
 _WIDTHS = {
-    'Ti': (192, 12, 3, 768),
-    'S': (384, 12, 6, 1536),
-    'B': (768, 12, 12, 3072),
-    'L': (1024, 24, 16, 4096),
-    'H': (1280, 32, 16, 5120),
+  'Ti': (192, 12, 3, 768),
+  'S': (384, 12, 6, 1536),
+  'B': (768, 12, 12, 3072),
+  'L': (1024, 24, 16, 4096),
+  'H': (1280, 32, 16, 5120),
 }
 _PATCHES = (32, 16, 14, 8, 4)
 
 
 def _parse_variant(variant: str) -> dict:
-    """Turns 'B/16' into the architecture fields of a ViT (hidden/layers/heads/mlp/patch)."""
-    width, sep, patch = variant.partition('/')
-    if not sep or width not in _WIDTHS or not patch.isdigit() or int(patch) <= 0:
-        raise ValueError(f'unknown ViT variant {variant!r}: expected one of {sorted(_WIDTHS)} '
-                         f'followed by /<patch size>, e.g. "B/16"')
-    hidden, layers, heads, mlp = _WIDTHS[width]
-    return dict(hidden_size=hidden, num_layers=layers, num_heads=heads, mlp_dim=mlp,
-                patch_size=int(patch))
+  """Turns 'B/16' into the architecture fields of a ViT (hidden/layers/heads/mlp/patch)."""
+  width, sep, patch = variant.partition('/')
+  if not sep or width not in _WIDTHS or not patch.isdigit() or int(patch) <= 0:
+    raise ValueError(
+      f'unknown ViT variant {variant!r}: expected one of {sorted(_WIDTHS)} '
+      f'followed by /<patch size>, e.g. "B/16"'
+    )
+  hidden, layers, heads, mlp = _WIDTHS[width]
+  return dict(
+    hidden_size=hidden, num_layers=layers, num_heads=heads, mlp_dim=mlp, patch_size=int(patch)
+  )
 
 
 VIT_VARIANTS = {f'{w}/{p}': _parse_variant(f'{w}/{p}') for w in _WIDTHS for p in _PATCHES}
 
 
 def _drop_path(module: nn.Module, x: jax.Array, rate: float, deterministic: bool) -> jax.Array:
-    """Stochastic depth: zeroes whole samples of a residual branch with probability ``rate``
-    and scales the kept ones by 1/(1-rate). Uses the module's 'dropout' rng."""
-    if deterministic or rate == 0.0:
-        return x
-    keep = 1.0 - rate
-    mask = jax.random.bernoulli(module.make_rng('dropout'), keep,
-                                (x.shape[0],) + (1,) * (x.ndim - 1))
-    return jnp.where(mask, x / keep, jnp.zeros_like(x))
+  """Stochastic depth: zeroes whole samples of a residual branch with probability ``rate``
+  and scales the kept ones by 1/(1-rate). Uses the module's 'dropout' rng."""
+  if deterministic or rate == 0.0:
+    return x
+  keep = 1.0 - rate
+  mask = jax.random.bernoulli(module.make_rng('dropout'), keep, (x.shape[0],) + (1,) * (x.ndim - 1))
+  return jnp.where(mask, x / keep, jnp.zeros_like(x))
 
 
 class MlpBlock(nn.Module):
-    """Dense(mlp_dim) -> exact GELU -> dropout -> Dense(D) -> dropout."""
-    mlp_dim: int
-    dropout_rate: float = 0.0
-    dtype: Any = jnp.float32
+  """Dense(mlp_dim) -> exact GELU -> dropout -> Dense(D) -> dropout."""
 
-    @nn.compact
-    def __call__(self, x, *, deterministic: bool):
-        dense = lambda n, name: nn.Dense(
-            n, dtype=self.dtype, kernel_init=nn.initializers.xavier_uniform(),
-            bias_init=nn.initializers.normal(stddev=1e-6), name=name)
-        y = dense(self.mlp_dim, 'Dense_0')(x)
-        y = nn.gelu(y, approximate=False)
-        y = nn.Dropout(self.dropout_rate, name='Dropout_0')(y, deterministic=deterministic)
-        y = dense(x.shape[-1], 'Dense_1')(y)
-        return nn.Dropout(self.dropout_rate, name='Dropout_1')(y, deterministic=deterministic)
+  mlp_dim: int
+  dropout_rate: float = 0.0
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, *, deterministic: bool):
+    dense = lambda n, name: nn.Dense(
+      n,
+      dtype=self.dtype,
+      kernel_init=nn.initializers.xavier_uniform(),
+      bias_init=nn.initializers.normal(stddev=1e-6),
+      name=name,
+    )
+    y = dense(self.mlp_dim, 'Dense_0')(x)
+    y = nn.gelu(y, approximate=False)
+    y = nn.Dropout(self.dropout_rate, name='Dropout_0')(y, deterministic=deterministic)
+    y = dense(x.shape[-1], 'Dense_1')(y)
+    return nn.Dropout(self.dropout_rate, name='Dropout_1')(y, deterministic=deterministic)
 
 
 class Encoder1DBlock(nn.Module):
-    """Pre-LN transformer block: x + DropPath(MHSA(LN(x))), then x + DropPath(MLP(LN(x)))."""
-    num_heads: int
-    mlp_dim: int
-    dropout_rate: float = 0.0
-    attention_dropout_rate: float = 0.0
-    drop_path_rate: float = 0.0
-    dtype: Any = jnp.float32
+  """Pre-LN transformer block: x + DropPath(MHSA(LN(x))), then x + DropPath(MLP(LN(x)))."""
 
-    @nn.compact
-    def __call__(self, inputs, *, deterministic: bool):
-        x = nn.LayerNorm(epsilon=LN_EPSILON, dtype=self.dtype, name='LayerNorm_0')(inputs)
-        x = nn.MultiHeadDotProductAttention(
-            num_heads=self.num_heads, dtype=self.dtype, broadcast_dropout=False,
-            dropout_rate=self.attention_dropout_rate,
-            kernel_init=nn.initializers.xavier_uniform(),
-            name='MultiHeadDotProductAttention_1')(x, x, deterministic=deterministic)
-        x = nn.Dropout(self.dropout_rate, name='Dropout_0')(x, deterministic=deterministic)
-        x = inputs + _drop_path(self, x, self.drop_path_rate, deterministic)
-        y = nn.LayerNorm(epsilon=LN_EPSILON, dtype=self.dtype, name='LayerNorm_2')(x)
-        y = MlpBlock(self.mlp_dim, self.dropout_rate, self.dtype, name='MlpBlock_3')(
-            y, deterministic=deterministic)
-        return x + _drop_path(self, y, self.drop_path_rate, deterministic)
+  num_heads: int
+  mlp_dim: int
+  dropout_rate: float = 0.0
+  attention_dropout_rate: float = 0.0
+  drop_path_rate: float = 0.0
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, inputs, *, deterministic: bool):
+    x = nn.LayerNorm(epsilon=LN_EPSILON, dtype=self.dtype, name='LayerNorm_0')(inputs)
+    x = nn.MultiHeadDotProductAttention(
+      num_heads=self.num_heads,
+      dtype=self.dtype,
+      broadcast_dropout=False,
+      dropout_rate=self.attention_dropout_rate,
+      kernel_init=nn.initializers.xavier_uniform(),
+      name='MultiHeadDotProductAttention_1',
+    )(x, x, deterministic=deterministic)
+    x = nn.Dropout(self.dropout_rate, name='Dropout_0')(x, deterministic=deterministic)
+    x = inputs + _drop_path(self, x, self.drop_path_rate, deterministic)
+    y = nn.LayerNorm(epsilon=LN_EPSILON, dtype=self.dtype, name='LayerNorm_2')(x)
+    y = MlpBlock(self.mlp_dim, self.dropout_rate, self.dtype, name='MlpBlock_3')(
+      y, deterministic=deterministic
+    )
+    return x + _drop_path(self, y, self.drop_path_rate, deterministic)
 
 
 class AddPositionEmbs(nn.Module):
-    """Adds a learned position embedding of shape (1, tokens, D) taken from the input."""
+  """Adds a learned position embedding of shape (1, tokens, D) taken from the input."""
 
-    @nn.compact
-    def __call__(self, x):
-        pe = self.param('pos_embedding', nn.initializers.normal(stddev=0.02),
-                        (1, x.shape[1], x.shape[2]))
-        return x + pe.astype(x.dtype)
+  @nn.compact
+  def __call__(self, x):
+    pe = self.param(
+      'pos_embedding', nn.initializers.normal(stddev=0.02), (1, x.shape[1], x.shape[2])
+    )
+    return x + pe.astype(x.dtype)
 
 
 class Encoder(nn.Module):
-    """The 'Transformer' module: position embedding, the blocks and the final LayerNorm.
-    Block i gets drop-path rate drop_path_rate * i / (num_layers - 1) (timm's linspace)."""
-    num_layers: int
-    num_heads: int
-    mlp_dim: int
-    dropout_rate: float = 0.0
-    attention_dropout_rate: float = 0.0
-    drop_path_rate: float = 0.0
-    dtype: Any = jnp.float32
+  """The 'Transformer' module: position embedding, the blocks and the final LayerNorm.
+  Block i gets drop-path rate drop_path_rate * i / (num_layers - 1) (timm's linspace)."""
 
-    @nn.compact
-    def __call__(self, x, *, train: bool):
-        x = AddPositionEmbs(name='posembed_input')(x)
-        x = nn.Dropout(self.dropout_rate, name='Dropout_0')(x, deterministic=not train)
-        for i in range(self.num_layers):
-            rate = self.drop_path_rate * i / max(self.num_layers - 1, 1)
-            x = Encoder1DBlock(self.num_heads, self.mlp_dim, self.dropout_rate,
-                               self.attention_dropout_rate, rate, self.dtype,
-                               name=f'encoderblock_{i}')(x, deterministic=not train)
-        return nn.LayerNorm(epsilon=LN_EPSILON, dtype=self.dtype, name='encoder_norm')(x)
+  num_layers: int
+  num_heads: int
+  mlp_dim: int
+  dropout_rate: float = 0.0
+  attention_dropout_rate: float = 0.0
+  drop_path_rate: float = 0.0
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, *, train: bool):
+    x = AddPositionEmbs(name='posembed_input')(x)
+    x = nn.Dropout(self.dropout_rate, name='Dropout_0')(x, deterministic=not train)
+    for i in range(self.num_layers):
+      rate = self.drop_path_rate * i / max(self.num_layers - 1, 1)
+      x = Encoder1DBlock(
+        self.num_heads,
+        self.mlp_dim,
+        self.dropout_rate,
+        self.attention_dropout_rate,
+        rate,
+        self.dtype,
+        name=f'encoderblock_{i}',
+      )(x, deterministic=not train)
+    return nn.LayerNorm(epsilon=LN_EPSILON, dtype=self.dtype, name='encoder_norm')(x)
 
 
 class ViT(nn.Module):
-    """Vision Transformer with class-token pooling.
+  """Vision Transformer with class-token pooling.
 
-    ``__call__(images, train=...)`` takes NHWC float images of size image_size x image_size
-    and returns ``(logits, features)``: features is the class token after encoder_norm (and
-    after pre_logits + tanh when representation_size is set), logits = head(features), or
-    None when num_classes == 0. Dropout and drop-path draw from the 'dropout' rng.
-    """
-    num_classes: int
-    patch_size: int
-    hidden_size: int
-    num_layers: int
-    num_heads: int
-    mlp_dim: int
-    image_size: int
-    representation_size: Optional[int] = None
-    dropout_rate: float = 0.0
-    attention_dropout_rate: float = 0.0
-    drop_path_rate: float = 0.0
-    dtype: Any = jnp.float32
+  ``__call__(images, train=...)`` takes NHWC float images of size image_size x image_size
+  and returns ``(logits, features)``: features is the class token after encoder_norm (and
+  after pre_logits + tanh when representation_size is set), logits = head(features), or
+  None when num_classes == 0. Dropout and drop-path draw from the 'dropout' rng.
+  """
 
-    @nn.compact
-    def __call__(self, images, *, train: bool):
-        if images.ndim != 4 or images.shape[1:] != (self.image_size, self.image_size, 3):
-            raise ValueError(f'ViT expects NHWC images of shape (B, {self.image_size}, '
-                             f'{self.image_size}, 3), got {images.shape}')
-        if self.image_size % self.patch_size or self.hidden_size % self.num_heads:
-            raise ValueError(f'image_size {self.image_size} must be a multiple of patch_size '
-                             f'{self.patch_size} and hidden_size {self.hidden_size} a multiple '
-                             f'of num_heads {self.num_heads}')
-        p = self.patch_size
-        x = nn.Conv(self.hidden_size, (p, p), strides=(p, p), padding='VALID',
-                    dtype=self.dtype, name='embedding')(jnp.asarray(images, self.dtype))
-        b, h, w, d = x.shape
-        x = x.reshape(b, h * w, d)
-        cls = self.param('cls', nn.initializers.zeros, (1, 1, d))
-        x = jnp.concatenate([jnp.broadcast_to(cls.astype(x.dtype), (b, 1, d)), x], axis=1)
-        x = Encoder(self.num_layers, self.num_heads, self.mlp_dim, self.dropout_rate,
-                    self.attention_dropout_rate, self.drop_path_rate, self.dtype,
-                    name='Transformer')(x, train=train)
-        x = x[:, 0]
-        if self.representation_size is not None:
-            x = jnp.tanh(nn.Dense(self.representation_size, dtype=self.dtype,
-                                  name='pre_logits')(x))
-        features = x
-        logits = None
-        if self.num_classes:
-            logits = nn.Dense(self.num_classes, dtype=self.dtype,
-                              kernel_init=nn.initializers.zeros, name='head')(features)
-        return logits, features
+  num_classes: int
+  patch_size: int
+  hidden_size: int
+  num_layers: int
+  num_heads: int
+  mlp_dim: int
+  image_size: int
+  representation_size: Optional[int] = None
+  dropout_rate: float = 0.0
+  attention_dropout_rate: float = 0.0
+  drop_path_rate: float = 0.0
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, images, *, train: bool):
+    if images.ndim != 4 or images.shape[1:] != (self.image_size, self.image_size, 3):
+      raise ValueError(
+        f'ViT expects NHWC images of shape (B, {self.image_size}, '
+        f'{self.image_size}, 3), got {images.shape}'
+      )
+    if self.image_size % self.patch_size or self.hidden_size % self.num_heads:
+      raise ValueError(
+        f'image_size {self.image_size} must be a multiple of patch_size '
+        f'{self.patch_size} and hidden_size {self.hidden_size} a multiple '
+        f'of num_heads {self.num_heads}'
+      )
+    p = self.patch_size
+    x = nn.Conv(
+      self.hidden_size, (p, p), strides=(p, p), padding='VALID', dtype=self.dtype, name='embedding'
+    )(jnp.asarray(images, self.dtype))
+    b, h, w, d = x.shape
+    x = x.reshape(b, h * w, d)
+    cls = self.param('cls', nn.initializers.zeros, (1, 1, d))
+    x = jnp.concatenate([jnp.broadcast_to(cls.astype(x.dtype), (b, 1, d)), x], axis=1)
+    x = Encoder(
+      self.num_layers,
+      self.num_heads,
+      self.mlp_dim,
+      self.dropout_rate,
+      self.attention_dropout_rate,
+      self.drop_path_rate,
+      self.dtype,
+      name='Transformer',
+    )(x, train=train)
+    x = x[:, 0]
+    if self.representation_size is not None:
+      x = jnp.tanh(nn.Dense(self.representation_size, dtype=self.dtype, name='pre_logits')(x))
+    features = x
+    logits = None
+    if self.num_classes:
+      logits = nn.Dense(
+        self.num_classes, dtype=self.dtype, kernel_init=nn.initializers.zeros, name='head'
+      )(features)
+    return logits, features
 
 
-_VIT_FIELDS = ('num_classes', 'patch_size', 'hidden_size', 'num_layers', 'num_heads',
-               'mlp_dim', 'image_size', 'representation_size', 'dropout_rate',
-               'attention_dropout_rate', 'drop_path_rate', 'dtype')
+_VIT_FIELDS = (
+  'num_classes',
+  'patch_size',
+  'hidden_size',
+  'num_layers',
+  'num_heads',
+  'mlp_dim',
+  'image_size',
+  'representation_size',
+  'dropout_rate',
+  'attention_dropout_rate',
+  'drop_path_rate',
+  'dtype',
+)
 
 
-def vit_config(variant: str, *, num_classes: int, image_size: int,
-               **overrides) -> ml_collections.ConfigDict:
-    """Returns the model config of a named variant ('B/16', 'Ti/4', ...): name='vit',
-    variant, every ViT field and the normalisation mean/std; ``overrides`` replace any of
-    them (an unknown key is an error)."""
-    cfg = dict(name='vit', variant=variant, num_classes=num_classes, image_size=image_size,
-               **_parse_variant(variant), representation_size=None, dropout_rate=0.0,
-               attention_dropout_rate=0.0, drop_path_rate=0.0, dtype='float32',
-               mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
-    unknown = sorted(set(overrides) - set(cfg))
-    if unknown:
-        raise ValueError(f'unknown ViT config keys {unknown}; known: {sorted(cfg)}')
-    cfg.update(overrides)
-    return ml_collections.ConfigDict(cfg)
+def vit_config(
+  variant: str, *, num_classes: int, image_size: int, **overrides
+) -> ml_collections.ConfigDict:
+  """Returns the model config of a named variant ('B/16', 'Ti/4', ...): name='vit',
+  variant, every ViT field and the normalisation mean/std; ``overrides`` replace any of
+  them (an unknown key is an error)."""
+  cfg = dict(
+    name='vit',
+    variant=variant,
+    num_classes=num_classes,
+    image_size=image_size,
+    **_parse_variant(variant),
+    representation_size=None,
+    dropout_rate=0.0,
+    attention_dropout_rate=0.0,
+    drop_path_rate=0.0,
+    dtype='float32',
+    mean=(0.5, 0.5, 0.5),
+    std=(0.5, 0.5, 0.5),
+  )
+  unknown = sorted(set(overrides) - set(cfg))
+  if unknown:
+    raise ValueError(f'unknown ViT config keys {unknown}; known: {sorted(cfg)}')
+  cfg.update(overrides)
+  return ml_collections.ConfigDict(cfg)
 
 
 def build_vit(model_config) -> ViT:
-    """Builds a ViT from a model config (ConfigDict or mapping). Architecture fields come from
-    ``variant`` when given; explicit non-None fields take precedence over the variant. Keys
-    that are not ViT fields (name, variant, mean, std, anything else) are ignored."""
-    cfg = model_config.to_dict() if hasattr(model_config, 'to_dict') else dict(model_config)
-    if cfg.get('name', 'vit') != 'vit':
-        raise ValueError(f"build_vit needs a model config with name='vit', got {cfg['name']!r}")
-    fields = _parse_variant(cfg['variant']) if cfg.get('variant') else {}
-    fields.update({k: cfg[k] for k in _VIT_FIELDS if cfg.get(k) is not None})
-    missing = [k for k in _VIT_FIELDS[:7] if k not in fields]
-    if missing:
-        raise ValueError(f'ViT model config lacks {missing} (and has no variant providing them)')
-    if isinstance(fields.get('dtype'), str):
-        fields['dtype'] = jnp.dtype(fields['dtype'])
-    return ViT(**fields)
+  """Builds a ViT from a model config (ConfigDict or mapping). Architecture fields come from
+  ``variant`` when given; explicit non-None fields take precedence over the variant. Keys
+  that are not ViT fields (name, variant, mean, std, anything else) are ignored."""
+  cfg = model_config.to_dict() if hasattr(model_config, 'to_dict') else dict(model_config)
+  if cfg.get('name', 'vit') != 'vit':
+    raise ValueError(f"build_vit needs a model config with name='vit', got {cfg['name']!r}")
+  fields = _parse_variant(cfg['variant']) if cfg.get('variant') else {}
+  fields.update({k: cfg[k] for k in _VIT_FIELDS if cfg.get(k) is not None})
+  missing = [k for k in _VIT_FIELDS[:7] if k not in fields]
+  if missing:
+    raise ValueError(f'ViT model config lacks {missing} (and has no variant providing them)')
+  if isinstance(fields.get('dtype'), str):
+    fields['dtype'] = jnp.dtype(fields['dtype'])
+  return ViT(**fields)

@@ -1,4 +1,4 @@
-"""Tests of gps_jax.roles and gps_jax.selection against hand-written tables and NumPy references."""
+"""Tests of gps_jax.selection against hand-written tables and NumPy references."""
 
 import jax
 import jax.numpy as jnp
@@ -9,131 +9,7 @@ from gps_jax import roles as roles_lib
 from gps_jax import selection
 from gps_jax.models import ViT
 
-TINY = dict(
-  num_classes=5, patch_size=4, hidden_size=16, num_layers=2, num_heads=2, mlp_dim=32, image_size=8
-)
-
-
-def tiny_shapes(**overrides):
-  model = ViT(**{**TINY, **overrides})
-  s = model.image_size
-  return jax.eval_shape(
-    lambda r: model.init(r, jnp.zeros((1, s, s, 3)), train=False), jax.random.PRNGKey(0)
-  )['params']
-
-
-def expected_gps_table(layers=2):
-  """{path: (role, fan_in_ndim)} of the tiny ViT under the GPS rules, written by hand."""
-  t = {
-    'embedding/kernel': ('select', 3),  # conv (kh, kw, in, out)
-    'embedding/bias': ('train', 0),
-    'cls': ('freeze', 0),
-    'Transformer/posembed_input/pos_embedding': ('freeze', 0),
-    'Transformer/encoder_norm/scale': ('freeze', 0),
-    'Transformer/encoder_norm/bias': ('freeze', 0),
-    'head/kernel': ('train', 0),
-    'head/bias': ('train', 0),
-  }
-  for i in range(layers):
-    b = f'Transformer/encoderblock_{i}/'
-    for ln in ('LayerNorm_0', 'LayerNorm_2'):
-      t[b + ln + '/scale'] = ('freeze', 0)
-      t[b + ln + '/bias'] = ('freeze', 0)
-    a = b + 'MultiHeadDotProductAttention_1/'
-    for qkv in ('query', 'key', 'value'):
-      t[a + qkv + '/kernel'] = ('select', 1)  # (in, heads, head_dim)
-      t[a + qkv + '/bias'] = ('train', 0)
-    t[a + 'out/kernel'] = ('select', 2)  # (heads, head_dim, out)
-    t[a + 'out/bias'] = ('train', 0)
-    for dense in ('Dense_0', 'Dense_1'):
-      t[b + f'MlpBlock_3/{dense}/kernel'] = ('select', 1)
-      t[b + f'MlpBlock_3/{dense}/bias'] = ('train', 0)
-  return t
-
-
-# ----------------------------------------------------------------------------
-# assign_roles
-# ----------------------------------------------------------------------------
-def test_assign_roles_gps_table():
-  shapes = tiny_shapes()
-  roles = roles_lib.assign_roles(shapes)
-  flat = roles_lib.flat(roles)
-  want = expected_gps_table()
-  assert set(flat) == set(want)
-  flat_shapes = roles_lib.flat(shapes)
-  for path, (role, fan_in_ndim) in want.items():
-    r = flat[path]
-    assert isinstance(r, roles_lib.LeafRole)
-    assert (r.path, r.role, r.fan_in_ndim) == (path, role, fan_in_ndim), path
-    assert r.shape == tuple(flat_shapes[path].shape)
-  # Derived neuron counts for each kernel kind (fan-in x neurons = size).
-  a = 'Transformer/encoderblock_0/MultiHeadDotProductAttention_1/'
-  assert (flat[a + 'query/kernel'].fan_in, flat[a + 'query/kernel'].num_neurons) == (16, 16)
-  assert (flat[a + 'out/kernel'].fan_in, flat[a + 'out/kernel'].num_neurons) == (16, 16)
-  assert (flat['embedding/kernel'].fan_in, flat['embedding/kernel'].num_neurons) == (48, 16)
-  d0 = flat['Transformer/encoderblock_1/MlpBlock_3/Dense_0/kernel']
-  assert (d0.shape, d0.fan_in, d0.num_neurons) == ((16, 32), 16, 32)
-
-
-def test_assign_roles_works_on_arrays_and_keeps_structure():
-  params = roles_lib.unflat(random_params(tiny_shapes()))
-  roles = roles_lib.assign_roles(params)
-  assert jax.tree.structure(roles) == jax.tree.structure(params)
-  got = {p: (r.role, r.fan_in_ndim) for p, r in roles_lib.flat(roles).items()}
-  assert got == expected_gps_table()
-
-
-@pytest.mark.parametrize(
-  'rules,match',
-  [
-    ((('.*', 'tune'),), "unknown role 'tune'"),
-    ((('(unclosed', 'train'),), r"rule #0.*bad regex '\(unclosed'"),
-    ((('^head/', 'train'), ('[', 'freeze')), r"rule #1.*bad regex '\['"),
-    ((('^head/', 'train'),), r"no role rule matches parameter '(?!head/)"),
-    ((('embedding/bias$', 'select'), ('.*', 'freeze')), r"'embedding/bias'.*select"),
-    ((('.*', 'select'),), r'has role select'),
-    ((('.*',),), r'rule #0'),
-  ],
-)
-def test_assign_roles_bad_rules(rules, match):
-  with pytest.raises(ValueError, match=match):
-    roles_lib.assign_roles(tiny_shapes(), rules)
-
-
-def test_assign_roles_bad_fan_in_rule():
-  shapes = tiny_shapes()
-  # A Dense kernel has 2 axes: 2 fan-in axes leave no neuron axis.
-  with pytest.raises(ValueError, match='Dense_0/kernel'):
-    roles_lib.assign_roles(shapes, fan_in_rules=((r'Dense_0/kernel$', 2), ('.*', -1)))
-
-
-def test_method_rules():
-  shapes = tiny_shapes()
-  table = expected_gps_table()
-  for method in ('gps', 'random', 'magnitude'):
-    flat = roles_lib.flat(roles_lib.assign_roles(shapes, roles_lib.METHOD_RULES[method]))
-    assert {p: (r.role, r.fan_in_ndim) for p, r in flat.items()} == table, method
-
-  def roles_of(method):
-    return {
-      p: r.role
-      for p, r in roles_lib.flat(
-        roles_lib.assign_roles(shapes, roles_lib.METHOD_RULES[method])
-      ).items()
-    }
-
-  assert set(roles_of('full').values()) == {'train'}
-  linear = roles_of('linear')
-  assert {p for p, r in linear.items() if r == 'train'} == {'head/kernel', 'head/bias'}
-  assert {p for p, r in linear.items() if r != 'train'} == set(table) - {'head/kernel', 'head/bias'}
-  assert set(linear.values()) == {'train', 'freeze'}
-  bitfit = roles_of('bitfit')
-  want_train = {'head/kernel', 'head/bias', 'embedding/bias'} | {
-    p for p in table if p.endswith('/bias') and 'LayerNorm' not in p and 'encoder_norm' not in p
-  }
-  assert {p for p, r in bitfit.items() if r == 'train'} == want_train
-  assert {p for p, r in bitfit.items() if r == 'freeze'} == set(table) - want_train
-  assert len(want_train) == 2 + 1 + 2 * 6  # head, embedding, 6 biases per block
+from tiny import TINY, random_params, tiny_shapes
 
 
 # ----------------------------------------------------------------------------
@@ -268,23 +144,6 @@ def test_indices_to_mask_matches_numpy_scatter(kind):
 # ----------------------------------------------------------------------------
 # random and magnitude scores
 # ----------------------------------------------------------------------------
-def random_params(shapes, seed=0):
-  """NumPy weights for abstract shapes (no compilation): kernels ~ 1/sqrt(fan-in),
-  biases, head, cls and position embedding small but non-zero, LayerNorm scales ~1."""
-  rng = np.random.default_rng(seed)
-  out = {}
-  for p, s in roles_lib.flat(shapes).items():
-    if p.endswith('/scale'):
-      v = 1.0 + 0.1 * rng.normal(size=s.shape)
-    elif p.endswith('kernel'):
-      fan_in = np.prod(s.shape[:-1]) if 'out/kernel' not in p else np.prod(s.shape[:2])
-      v = rng.normal(size=s.shape) / np.sqrt(fan_in)
-    else:
-      v = 0.1 * rng.normal(size=s.shape)
-    out[p] = v.astype(np.float32)
-  return out
-
-
 @pytest.fixture(scope='module')
 def tiny():
   model = ViT(**TINY, drop_path_rate=0.3)

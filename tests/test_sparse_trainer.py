@@ -13,9 +13,8 @@ from gps_jax.config_defaults import experiment_config
 from gps_jax.models import ViT
 from gps_jax.trainer import MaskedFinetuner
 
-TINY = dict(
-  num_classes=5, patch_size=4, hidden_size=16, num_layers=2, num_heads=2, mlp_dim=32, image_size=8
-)
+from tiny import TINY, random_params
+
 K = 2
 STEPS = 10
 # Adam eps 1e-4: the key bias has an exactly-zero true gradient (softmax is shift-invariant),
@@ -79,21 +78,6 @@ def test_scatter_add_and_gather_match_numpy(shape, fan_in_ndim):
 # ----------------------------------------------------------------------------
 # A tiny run in both modes
 # ----------------------------------------------------------------------------
-def random_params(shapes, seed=0):
-  """NumPy weights for abstract shapes (no compilation); every entry non-zero."""
-  rng = np.random.default_rng(seed)
-  out = {}
-  for p, s in roles_lib.flat(shapes).items():
-    if p.endswith('/scale'):
-      v = 1.0 + 0.1 * rng.normal(size=s.shape)
-    elif p.endswith('kernel'):
-      v = rng.normal(size=s.shape) / np.sqrt(np.prod(s.shape[:-1]))
-    else:
-      v = 0.1 * rng.normal(size=s.shape)
-    out[p] = v.astype(np.float32)
-  return out
-
-
 def make_config(method='gps', mode='sparse'):
   cfg = experiment_config()
   cfg.method = method

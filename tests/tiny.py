@@ -1,0 +1,39 @@
+"""A tiny ViT shared by the test modules (tests/ is on sys.path under pytest)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from gps_jax import roles as roles_lib
+
+from gps_jax.models import ViT
+
+TINY = dict(
+  num_classes=5, patch_size=4, hidden_size=16, num_layers=2, num_heads=2, mlp_dim=32, image_size=8
+)
+
+
+def tiny_shapes(**overrides):
+  """Abstract parameters (jax.eval_shape) of the tiny ViT."""
+  model = ViT(**{**TINY, **overrides})
+  s = model.image_size
+  return jax.eval_shape(
+    lambda r: model.init(r, jnp.zeros((1, s, s, 3)), train=False), jax.random.PRNGKey(0)
+  )['params']
+
+
+def random_params(shapes, seed=0):
+  """NumPy weights for abstract shapes (no compilation): kernels ~ 1/sqrt(fan-in),
+  biases, head, cls and position embedding small but non-zero, LayerNorm scales ~1."""
+  rng = np.random.default_rng(seed)
+  out = {}
+  for p, s in roles_lib.flat(shapes).items():
+    if p.endswith('/scale'):
+      v = 1.0 + 0.1 * rng.normal(size=s.shape)
+    elif p.endswith('kernel'):
+      fan_in = np.prod(s.shape[:-1]) if 'out/kernel' not in p else np.prod(s.shape[:2])
+      v = rng.normal(size=s.shape) / np.sqrt(fan_in)
+    else:
+      v = 0.1 * rng.normal(size=s.shape)
+    out[p] = v.astype(np.float32)
+  return out

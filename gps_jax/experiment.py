@@ -46,10 +46,10 @@ def load_backbone(config: ml_collections.ConfigDict, model, rng: jax.Array) -> d
   init_params = model.init(rng, jnp.zeros((1, size, size, 3)), train=False)['params']
   path = config.model.get('checkpoint', '')
   if not path:
-    return roles_lib.flat(jax.device_get(init_params))
+    return roles_lib.flat(init_params)
   params = load_vit_npz(path, model, init_params=init_params)
   if config.model.get('reinit_head', True) and 'head' in init_params:
-    params['head'] = jax.device_get(init_params['head'])  # a new task gets a new head
+    params['head'] = init_params['head']  # a new task gets a new head
   return roles_lib.flat(params)
 
 
@@ -76,7 +76,8 @@ def run(
   printer(
     f'[{config.method}] loading backbone {config.model.get("checkpoint", "") or "(random init)"}'
   )
-  params = load_backbone(config, model, rng_init)
+  # On the device once: the jitted steps would otherwise re-send host arrays every call.
+  params = jax.device_put(load_backbone(config, model, rng_init))
   roles = roles_lib.assign_roles(
     params, method_rules(config), config.get('fan_in_rules') or roles_lib.DEFAULT_FAN_IN_RULES
   )

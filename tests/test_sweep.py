@@ -1,0 +1,64 @@
+"""Tests of the run orchestration: method overrides, the comparison table, the upstream cache key."""
+
+import pytest
+
+from gps_jax import sweep
+from gps_jax import upstream
+from gps_jax.config_defaults import experiment_config
+
+
+def _config():
+  c = experiment_config()
+  c.optim.lr = 1e-2
+  c.method_overrides = {'full': {'optim': {'lr': 1e-3}, 'train': {'epochs': 7}}}
+  return c
+
+
+def test_method_config_applies_only_its_overrides():
+  c = _config()
+  full = sweep.method_config(c, 'full')
+  gps = sweep.method_config(c, 'gps')
+  assert (full.method, full.optim.lr, full.train.epochs) == ('full', 1e-3, 7)
+  assert (gps.method, gps.optim.lr, gps.train.epochs) == ('gps', 1e-2, 100)
+  # The original config is untouched.
+  assert (c.method, c.optim.lr) == ('gps', 1e-2)
+
+
+def test_method_config_rejects_unknown_key():
+  c = _config()
+  c.method_overrides = {'full': {'optim': {'learning_rate': 1e-3}}}
+  with pytest.raises(KeyError, match=r'config.method_overrides.full.optim.learning_rate'):
+    sweep.method_config(c, 'full')
+
+
+def _row(method, acc, val, seed):
+  return {
+    'method': method,
+    'seed': seed,
+    'test_accuracy': acc,
+    'best_val_accuracy': val,
+    'trainable_without_head': 1234,
+    'share_without_head_pct': 0.5,
+    'selection_seconds': 2.0,
+    'train_seconds': 4.0,
+  }
+
+
+def test_format_comparison_mean_and_sample_std():
+  rows = [_row('gps', 0.70, 0.60, 1), _row('gps', 0.74, 0.64, 2), _row('linear', 0.5, 0.4, 1)]
+  lines = sweep.format_comparison(rows).splitlines()
+  gps = lines[1].split()
+  # mean 72 %, sample std of (70, 74) = sqrt(((-2)^2 + 2^2) / 1) = 2.83.
+  assert gps[:4] == ['gps', '2', '72.00±2.83', '62.00±2.83']
+  assert lines[2].split()[:4] == ['linear', '1', '50.00', '40.00']
+
+
+def test_upstream_cache_key_follows_the_config(tmp_path):
+  a = experiment_config()
+  a.cache_dir = str(tmp_path)
+  b = experiment_config()
+  b.cache_dir = str(tmp_path)
+  assert upstream.cache_path(a) == upstream.cache_path(b)
+  assert upstream.cache_path(a).startswith(str(tmp_path))
+  b.train.epochs = 3
+  assert upstream.cache_path(a) != upstream.cache_path(b)

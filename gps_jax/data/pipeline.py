@@ -73,6 +73,25 @@ def _base_seed(seed: int) -> tf.Tensor:
   return tf.constant([seed, 0], tf.int64)
 
 
+def epoch_permutation(seed: int, n: int, epoch, batch_size: int) -> tf.Tensor:
+  """Epoch `epoch`'s shuffled indices, cut to whole batches: a stateless
+  permutation drawn from (seed, epoch), so the same seed gives the same order."""
+  perm = tf.random.experimental.stateless_shuffle(
+    tf.range(n, dtype=tf.int64),
+    seed=tf.random.experimental.stateless_fold_in(_base_seed(seed), epoch),
+  )
+  return perm[: (n // batch_size) * batch_size]
+
+
+def padded_positions(n: int, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+  """(indices, mask) of one in-order pass padded to whole batches with example 0."""
+  if batch_size < 1:
+    raise ValueError(f'batch_size must be positive, got {batch_size}')
+  pos = np.arange(-(-n // batch_size) * batch_size)
+  mask = pos < n
+  return np.where(mask, pos, 0).astype(np.int64), mask
+
+
 def _check_batch(n: int, batch_size: int) -> None:
   if batch_size < 1 or n < batch_size:
     raise ValueError(f'batch_size={batch_size} needs 1 <= batch_size <= {n} examples')
@@ -97,15 +116,11 @@ def train_batches(
   """
   images_t, labels_t, n = _arrays(images, labels)
   _check_batch(n, batch_size)
-  base, steps = _base_seed(seed), n // batch_size
+  steps = n // batch_size
 
   def epoch_batches(epoch):
-    perm = tf.random.experimental.stateless_shuffle(
-      tf.range(n, dtype=tf.int64), seed=tf.random.experimental.stateless_fold_in(base, epoch)
-    )
-    return tf.data.Dataset.from_tensor_slices(
-      tf.reshape(perm[: steps * batch_size], [steps, batch_size])
-    )
+    perm = epoch_permutation(seed, n, epoch, batch_size)
+    return tf.data.Dataset.from_tensor_slices(tf.reshape(perm, [steps, batch_size]))
 
   def load(idx):
     image = preprocess(tf.gather(images_t, idx), image_size, mean, std)
@@ -131,12 +146,9 @@ def eval_batches(
   'mask' is False; every other entry of every batch has 'mask' True.
   """
   images_t, labels_t, n = _arrays(images, labels)
-  if batch_size < 1:
-    raise ValueError(f'batch_size must be positive, got {batch_size}')
-  num_batches = -(-n // batch_size)
-  pos = np.arange(num_batches * batch_size)
-  mask = pos < n
-  idx = np.where(mask, pos, 0).reshape(num_batches, batch_size)
+  idx, mask = padded_positions(n, batch_size)
+  num_batches = len(idx) // batch_size
+  idx = idx.reshape(num_batches, batch_size)
 
   def load(idx, mask):
     image = preprocess(tf.gather(images_t, idx), image_size, mean, std)

@@ -16,6 +16,8 @@ from gps_jax.selection import (
   magnitude_scores,
   make_score_step,
   random_scores,
+  element_masks,
+  select_neuron_indices,
   select_neuron_topk,
 )
 from gps_jax.sparse import combine, scatter_add

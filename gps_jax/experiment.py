@@ -115,7 +115,7 @@ def run(
       scores = selection.magnitude_scores(params, roles)
     else:
       raise ValueError(f'config.gps.score={source!r}: use one of {selection.SCORE_SOURCES}')
-    indices, _ = selection.select_neuron_topk(scores, k, roles)
+    indices = selection.select_neuron_indices(scores, k, roles)
     jax.block_until_ready(indices)
     del scores
   else:

@@ -118,22 +118,23 @@ def indices_to_mask(indices: jax.Array, role: roles_lib.LeafRole) -> jax.Array:
   return m.reshape(role.shape)
 
 
-def select_neuron_topk(
-  scores: Mapping[str, Any], k: int, roles: Any
-) -> tuple[dict[str, jax.Array], dict]:
-  """Per-neuron top-K of |score| for every leaf whose role is `select`.
+def element_masks(indices: Mapping[str, jax.Array], roles: Any) -> dict[str, jax.Array]:
+  """Flat bool masks of the parameters' shapes: the entries at `indices` of
+  `select` leaves, all of `train` leaves, none of `freeze` leaves."""
+  return {
+    p: indices_to_mask(indices[p], r)
+    if r.role == 'select'
+    else jnp.full(r.shape, r.role == 'train')
+    for p, r in roles_lib.flat(roles).items()
+  }
 
-  Args:
-    scores: {path: array} or a nested dict with an entry for every `select`
-      leaf (others are ignored).
-    k: inputs kept per neuron.
-    roles: pytree of `LeafRole` (from `assign_roles`).
 
-  Returns:
-    indices: {path: int32 (neurons, k)} — indices into the neuron's flattened
-      fan-in, sorted ascending.
-    masks: nested bool pytree with the parameters' shapes: the top-K entries
-      of `select` leaves, all of `train` leaves, none of `freeze` leaves.
+def select_neuron_indices(scores: Mapping[str, Any], k: int, roles: Any) -> dict[str, jax.Array]:
+  """{path: int32 (neurons, k)} top-K of |score| per neuron of every `select`
+  leaf: indices into the neuron's flattened fan-in, sorted ascending.
+
+  `scores` is {path: array} or a nested dict with an entry for every `select`
+  leaf (others are ignored).
   """
   if int(k) != k or k < 1:
     raise ValueError(f'K (gps.k) must be a positive integer, got {k!r}')
@@ -143,25 +144,34 @@ def select_neuron_topk(
     if all(isinstance(v, (jax.Array, np.ndarray)) for v in scores.values())
     else roles_lib.flat(scores)
   )
-  indices, masks = {}, {}
-  for path, role in roles_lib.flat(roles).items():
-    if role.role == 'select':
-      if path not in flat_scores:
-        raise ValueError(f'no score for selected parameter {path!r}')
-      s = flat_scores[path]
-      if tuple(s.shape) != role.shape:
-        raise ValueError(
-          f'score for {path!r} has shape {tuple(s.shape)}, the parameter has {role.shape}'
-        )
-      if k > role.fan_in:
-        raise ValueError(
-          f'K={k} is larger than the fan-in {role.fan_in} of {path!r} '
-          f'(shape {role.shape}); lower gps.k or freeze that parameter'
-        )
-      if not bool(jnp.all(jnp.isfinite(s))):
-        raise FloatingPointError(f'scores of {path!r} contain NaN or inf')
-      indices[path] = _topk_rows(s, role.fan_in_ndim, k)
-      masks[path] = indices_to_mask(indices[path], role)
-    else:
-      masks[path] = jnp.full(role.shape, role.role == 'train')
-  return indices, roles_lib.unflat(masks)
+  indices = {}
+  for path, role in roles_lib.leaves_with_role(roles, 'select').items():
+    if path not in flat_scores:
+      raise ValueError(f'no score for selected parameter {path!r}')
+    s = flat_scores[path]
+    if tuple(s.shape) != role.shape:
+      raise ValueError(
+        f'score for {path!r} has shape {tuple(s.shape)}, the parameter has {role.shape}'
+      )
+    if k > role.fan_in:
+      raise ValueError(
+        f'K={k} is larger than the fan-in {role.fan_in} of {path!r} '
+        f'(shape {role.shape}); lower gps.k or freeze that parameter'
+      )
+    if not bool(jnp.all(jnp.isfinite(s))):
+      raise FloatingPointError(f'scores of {path!r} contain NaN or inf')
+    indices[path] = _topk_rows(s, role.fan_in_ndim, k)
+  return indices
+
+
+def select_neuron_topk(
+  scores: Mapping[str, Any], k: int, roles: Any
+) -> tuple[dict[str, jax.Array], dict]:
+  """Per-neuron top-K of |score| for every leaf whose role is `select`.
+
+  Returns:
+    indices: as `select_neuron_indices`.
+    masks: nested bool pytree with the parameters' shapes, as `element_masks`.
+  """
+  indices = select_neuron_indices(scores, k, roles)
+  return indices, roles_lib.unflat(element_masks(indices, roles))

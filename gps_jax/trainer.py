@@ -24,6 +24,7 @@ import optax
 
 from gps_jax import optim
 from gps_jax import roles as roles_lib
+from gps_jax import selection
 from gps_jax import sparse
 from gps_jax.losses import cross_entropy
 
@@ -87,18 +88,8 @@ class MaskedFinetuner:
       frozen, trainable = sparse.split(params, self.roles, self.indices)
       aux = self.indices
     else:
-      from gps_jax.selection import indices_to_mask  # pylint: disable=g-import-not-at-top
-
-      rl = roles_lib.flat(self.roles)
       frozen, trainable = {}, params
-      aux = {
-        p: (
-          indices_to_mask(self.indices[p], r)
-          if r.role == 'select'
-          else jnp.full(r.shape, r.role == 'train')
-        )
-        for p, r in rl.items()
-      }
+      aux = selection.element_masks(self.indices, self.roles)
     state = TrainState(
       step=jnp.zeros((), jnp.int32), trainable=trainable, opt_state=self.tx.init(trainable)
     )

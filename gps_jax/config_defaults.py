@@ -37,14 +37,27 @@ def experiment_config() -> ml_collections.ConfigDict:
   c.model.reinit_head = True  # a new task always gets a fresh (zero) head
 
   c.data = ml_collections.ConfigDict()
-  c.data.name = 'mnist_5k'
-  c.data.data_dir = ''
+  # memory (demo sets) | vtab (TFDS VTAB-1k task) | tfds (FGVC / CIFAR-100 builders)
+  # | vtab_folder (GPS/SSF *.txt layout) | vpt_folder (VPT *.json layout);
+  # see gps_jax/data/splits.py.
+  c.data.source = 'memory'
+  c.data.name = 'mnist_5k'  # demo set, VTAB-1k task or TFDS_SETS name
+  c.data.data_dir = ''  # TFDS data_dir, or the dataset folder for *_folder sources
+  c.data.manual_dir = ''  # TFDS manual downloads (resisc45, retinopathy, ...)
+  c.data.prepare = False  # run the TFDS builder's download_and_prepare if needed
+  c.data.image_dir = ''  # vpt_folder: folder the JSON keys are relative to
+  c.data.num_classes = 0  # 0 = from the source (required for vpt_folder)
   c.data.split_seed = 0
+  # Split roles: train | val | trainval | test (VTAB: train800 | val200 | train800val200).
   c.data.train_split = 'train'
   c.data.val_split = 'val'  # empty: no validation split
   c.data.test_split = 'test'
-  c.data.batch_size = 32
+  c.data.recipe = 'resize'  # resize (VTAB, demo) | fgvc (crop + flip; eval resize + crop)
+  c.data.resize_size = 0  # fgvc eval resize before the centre crop; 0 = image_size / 0.9
+  c.data.batch_size = 32  # global, over all processes
   c.data.eval_batch_size = 256
+  c.data.shuffle_buffer = 0  # 0 = the whole (per-process) split
+  c.data.cache = True  # keep the undecoded training split in memory
 
   c.gps = ml_collections.ConfigDict()
   c.gps.k = 1
@@ -57,6 +70,11 @@ def experiment_config() -> ml_collections.ConfigDict:
   c.train.steps = 0  # > 0 overrides epochs
   c.train.update_mode = 'sparse'  # sparse | dense
   c.train.label_smoothing = 0.0
+  c.train.mixup = 0.0  # mixup alpha (timm); 0 = off
+  c.train.cutmix = 0.0  # cutmix alpha (timm); 0 = off
+  c.train.mix_prob = 1.0  # probability that a batch is mixed
+  c.train.mix_switch_prob = 0.5  # cutmix instead of mixup, when both are on
+  c.train.ema_decay = 0.0  # EMA of the trainable weights; > 0 reports and saves the EMA
   c.train.log_every = 50
   c.train.eval_every_epochs = 10.0
 
@@ -69,3 +87,50 @@ def experiment_config() -> ml_collections.ConfigDict:
   c.optim.end_lr = 1e-8
   c.optim.grad_clip_norm = 0.0
   return c
+
+
+# The backbone of the paper's ViT-B/16 results (reference README section 2).
+VIT_B16_I21K_FILE = 'B_16-i21k-300ep-lr_0.001-aug_medium1-wd_0.1-do_0.0-sd_0.0.npz'
+
+
+def vit_b16_model() -> ml_collections.ConfigDict:
+  """ViT-B/16 at 224 with the AugReg ImageNet-21k checkpoint's normalisation.
+
+  The checkpoint path must be given (``--config.model.checkpoint=.../`` +
+  VIT_B16_I21K_FILE); ``require_checkpoint`` turns a missing path into an error
+  instead of a silent run from random weights.
+  """
+  m = ml_collections.ConfigDict()
+  m.name = 'vit'
+  m.variant = 'B/16'
+  m.image_size = 224
+  m.drop_path_rate = 0.0
+  m.mean = (0.5, 0.5, 0.5)
+  m.std = (0.5, 0.5, 0.5)
+  m.checkpoint = ''
+  m.require_checkpoint = True
+  m.reinit_head = True
+  return m
+
+
+def paper_schedule(c: ml_collections.ConfigDict) -> None:
+  """The paper's fine-tuning schedule: Adam, wd 0, 100 epochs, 10 warm-up, cosine."""
+  c.seed = 42
+  c.train.epochs = 100
+  c.optim.name = 'adam'
+  c.optim.weight_decay = 0.0
+  c.optim.warmup_epochs = 10.0
+  c.optim.warmup_init_lr = 1e-7
+  c.optim.end_lr = 1e-8
+  c.optim.grad_clip_norm = 0.0
+
+
+def parse_config_arg(arg: str | None, choices, what: str) -> tuple[str, set[str]]:
+  """'name[,option...]' from --config=file.py:name,option -> (name, options)."""
+  parts = [p.strip() for p in (arg or '').split(',') if p.strip()]
+  if not parts or parts[0] not in choices:
+    raise ValueError(
+      f'give the {what} after the config file, e.g. --config=<file>.py:<name>; '
+      f'got {arg!r}; valid names: {", ".join(choices)}'
+    )
+  return parts[0], set(parts[1:])

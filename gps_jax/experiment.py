@@ -16,11 +16,13 @@ import jax.numpy as jnp
 import ml_collections
 
 from gps_jax import checkpoint
-from gps_jax import data as data_lib
+from gps_jax.data import input_pipeline as pipeline
+from gps_jax.data import splits as splits_lib
 from gps_jax import mask_stats
 from gps_jax import roles as roles_lib
 from gps_jax import selection
 from gps_jax import trainer as trainer_lib
+from gps_jax.config_defaults import VIT_B16_I21K_FILE
 from gps_jax.models import vit as vit_lib
 from gps_jax.vit_npz import load_vit_npz
 
@@ -42,9 +44,17 @@ def method_rules(config: ml_collections.ConfigDict):
 
 def load_backbone(config: ml_collections.ConfigDict, model, rng: jax.Array) -> dict:
   """Flat parameters: the checkpoint in `config.model.checkpoint`, or a fresh init."""
-  size = config.model.image_size
-  init_params = model.init(rng, jnp.zeros((1, size, size, 3)), train=False)['params']
   path = config.model.get('checkpoint', '')
+  if not path and config.model.get('require_checkpoint', False):
+    raise ValueError(
+      'config.model.checkpoint is empty, but this recipe fine-tunes a pretrained backbone: '
+      'pass --config.model.checkpoint=/path/to/the .npz (for ViT-B/16: '
+      f'{VIT_B16_I21K_FILE}), or --config.model.require_checkpoint=False for random weights'
+    )
+  size = config.model.image_size
+  # One compiled init instead of hundreds of eager ops.
+  init = jax.jit(lambda r: model.init(r, jnp.zeros((1, size, size, 3)), train=False)['params'])
+  init_params = init(rng)
   if not path:
     return roles_lib.flat(init_params)
   params = load_vit_npz(path, model, init_params=init_params)
@@ -53,11 +63,8 @@ def load_backbone(config: ml_collections.ConfigDict, model, rng: jax.Array) -> d
   return roles_lib.flat(params)
 
 
-def _split(config, split: str):
-  d = config.data
-  return data_lib.load_dataset(
-    d.name, split, data_dir=d.get('data_dir') or None, seed=d.get('split_seed', 0)
-  )
+def _processes() -> dict:
+  return {'process_index': jax.process_index(), 'process_count': jax.process_count()}
 
 
 def run(
@@ -67,10 +74,17 @@ def run(
   os.makedirs(workdir, exist_ok=True)
   rng = jax.random.PRNGKey(config.seed)
   rng_init, rng_select, rng_train, rng_data = jax.random.split(rng, 4)
-  num_classes = data_lib.num_classes(config.data.name)
+  num_classes = splits_lib.num_classes(config.data)
   model = vit_lib.build_vit({**config.model.to_dict(), 'num_classes': num_classes})
   mean, std = tuple(config.model.mean), tuple(config.model.std)
   size = config.model.image_size
+  train_image, eval_image = pipeline.recipe_image_fns(
+    config.data.get('recipe', 'resize'),
+    size,
+    mean,
+    std,
+    resize_size=config.data.get('resize_size') or None,
+  )
   data_seed = int(jax.random.randint(rng_data, (), 0, 2**31 - 1))
 
   printer(
@@ -86,7 +100,7 @@ def run(
   mask_stats.save(stats, os.path.join(workdir, 'mask_stats.json'))
   printer(mask_stats.format_table(stats))
 
-  train_images, train_labels = _split(config, config.data.train_split)
+  train_split = splits_lib.open_split(config.data, config.data.train_split)
   bs = config.data.batch_size
 
   # --- selection -------------------------------------------------------------
@@ -96,15 +110,17 @@ def run(
   if has_select:
     source = config.gps.get('score') or METHOD_SCORES.get(config.method)
     if source == 'supcon':
-      printer(f'[{config.method}] selection: one SupCon pass over {len(train_labels)} images')
-      batches = data_lib.two_view_batches(
-        train_images,
-        train_labels,
+      printer(
+        f'[{config.method}] selection: one SupCon pass over {train_split.num_examples} images'
+      )
+      batches = pipeline.two_view_batches(
+        train_split,
         batch_size=config.gps.get('batch_size') or bs,
         image_size=size,
         mean=mean,
         std=std,
         seed=data_seed,
+        **_processes(),
       )
       scores, select_info = selection.accumulate_scores(
         model.apply, params, roles, batches, rng_select, temperature=config.gps.temperature
@@ -123,11 +139,11 @@ def run(
   select_seconds = time.perf_counter() - t0
 
   # --- fine-tuning -------------------------------------------------------------
-  steps_per_epoch = len(train_labels) // bs
+  steps_per_epoch = pipeline.steps_per_epoch(train_split.num_examples, bs, jax.process_count())
   if steps_per_epoch == 0:
     raise ValueError(
       f'config.data.batch_size={bs} is larger than the training split '
-      f'({len(train_labels)} examples)'
+      f'{train_split.name} ({train_split.num_examples} examples)'
     )
   total_steps = config.train.get('steps') or config.train.epochs * steps_per_epoch
   cfg = config.copy_and_resolve_references()
@@ -143,17 +159,30 @@ def run(
     mode=config.train.get('update_mode', 'sparse'),
   )
 
-  def eval_maker(split):
-    images, labels = _split(config, split)
-    return lambda: data_lib.eval_batches(
-      images, labels, batch_size=config.data.eval_batch_size, image_size=size, mean=mean, std=std
+  split_names = {'train': train_split.name}
+
+  def eval_maker(name, role):
+    split = splits_lib.open_split(config.data, role)
+    split_names[name] = split.name
+    return lambda: pipeline.eval_batches(
+      split,
+      batch_size=config.data.eval_batch_size,
+      image_fn=eval_image,
+      image_size=size,
+      **_processes(),
     )
 
   val_split = config.data.get('val_split')
-  eval_sets = {'val': eval_maker(val_split)} if val_split else {}
-  final_sets = {'test': eval_maker(config.data.test_split)}
-  train_iter = data_lib.train_batches(
-    train_images, train_labels, batch_size=bs, image_size=size, mean=mean, std=std, seed=data_seed
+  eval_sets = {'val': eval_maker('val', val_split)} if val_split else {}
+  final_sets = {'test': eval_maker('test', config.data.test_split)}
+  train_iter = pipeline.train_batches(
+    train_split,
+    batch_size=bs,
+    image_fn=train_image,
+    seed=data_seed,
+    shuffle_buffer=config.data.get('shuffle_buffer', 0),
+    cache=config.data.get('cache', True),
+    **_processes(),
   )
   printer(
     f'[{config.method}] fine-tuning {total_steps} steps '
@@ -172,12 +201,23 @@ def run(
     printer=printer,
   )
 
-  result = tuner.sparse_result(params, out['state'])
+  state = out['state']
+  use_ema = bool(tuner.ema_decay)
+  if use_ema:  # The recipe's model is the moving average: it is what we report and save.
+    state = state.replace(trainable=state.ema)
+  result = tuner.sparse_result(params, state)
   checkpoint.save_delta(os.path.join(workdir, 'checkpoint'), result)
   trainable_count = stats['trainable']
   results = {
     'method': config.method,
     'dataset': config.data.name,
+    'data_source': config.data.get('source', 'memory'),
+    'splits': split_names,
+    'protocol': (
+      'test accuracy after the last step'
+      + (' with the EMA weights' if use_ema else '')
+      + '; nothing is chosen on test'
+    ),
     'k': k if has_select else None,
     'update_mode': tuner.mode,
     'trainable': trainable_count,
@@ -189,13 +229,18 @@ def run(
     'selection': select_info,
     'train_seconds': out['train_seconds'],
     'train_steps': total_steps,
-    'test_accuracy': out['final']['test'],
+    'test_accuracy': out['final']['test_ema' if use_ema else 'test'],
     'history': out['history'],
   }
+  if use_ema:
+    results['test_accuracy_raw'] = out['final']['test']
+    results['test_accuracy_ema'] = out['final']['test_ema']
   if eval_sets:
-    results['best_val_accuracy'] = out['best']['val']
-    results['final_val_accuracy'] = out['final']['val']
+    suffix = '_ema' if use_ema else ''
+    # Model selection (e.g. of hyper-parameters) uses these, never the test split.
+    results['best_val_accuracy'] = out['best']['val' + suffix]
+    results['final_val_accuracy'] = out['final']['val' + suffix]
   with open(os.path.join(workdir, 'results.json'), 'w') as f:
     json.dump(results, f, indent=1)
-  results['params'] = tuner.compose_jit(out['frozen'], out['aux'], out['state'].trainable)
+  results['params'] = tuner.compose_jit(out['frozen'], out['aux'], state.trainable)
   return results

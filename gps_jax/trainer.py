@@ -26,6 +26,7 @@ from gps_jax import optim
 from gps_jax import roles as roles_lib
 from gps_jax import selection
 from gps_jax import sparse
+from gps_jax.mixup import mix_batch
 from gps_jax.losses import cross_entropy
 
 log = logging.getLogger(__name__)
@@ -38,6 +39,7 @@ class TrainState:
   step: jax.Array
   trainable: Any
   opt_state: Any
+  ema: Any = None  # Moving average of `trainable` (config.train.ema_decay > 0), else None.
 
 
 class MaskedFinetuner:
@@ -63,6 +65,14 @@ class MaskedFinetuner:
     self.num_classes = num_classes
     self.layout = sparse.fan_in_layout(roles)
     self.label_smoothing = config.train.get('label_smoothing', 0.0)
+    # timm-style batch mixup / cutmix in the step (the FGVC recipe); 0 alphas: off.
+    self.mixup = config.train.get('mixup', 0.0)
+    self.cutmix = config.train.get('cutmix', 0.0)
+    self.mix_prob = config.train.get('mix_prob', 1.0)
+    self.mix_switch_prob = config.train.get('mix_switch_prob', 0.5)
+    self.ema_decay = config.train.get('ema_decay', 0.0)
+    if not 0.0 <= self.ema_decay < 1.0:
+      raise ValueError(f'config.train.ema_decay={self.ema_decay}: use 0 (off) or a value in (0, 1)')
     self.lr_fn = optim.schedule(config.optim, total_steps, config.optim.get('warmup_steps', 0))
     inner = optim.optimizer(config.optim, self.lr_fn)
     if mode == 'dense':
@@ -91,7 +101,10 @@ class MaskedFinetuner:
       frozen, trainable = {}, params
       aux = selection.element_masks(self.indices, self.roles)
     state = TrainState(
-      step=jnp.zeros((), jnp.int32), trainable=trainable, opt_state=self.tx.init(trainable)
+      step=jnp.zeros((), jnp.int32),
+      trainable=trainable,
+      opt_state=self.tx.init(trainable),
+      ema=jax.tree.map(jnp.copy, trainable) if self.ema_decay else None,
     )
     return state, frozen, aux
 
@@ -113,11 +126,35 @@ class MaskedFinetuner:
   def _loss(self, trainable, frozen, aux, batch, rng):
     params = roles_lib.unflat(self.compose(frozen, aux, trainable))
     logits, _ = self.apply_fn({'params': params}, batch['image'], train=True, rngs={'dropout': rng})
-    loss = cross_entropy(logits, batch['label'], self.num_classes, self.label_smoothing)
+    smoothing = 0.0 if batch['label'].ndim == 2 else self.label_smoothing
+    loss = cross_entropy(logits, batch['label'], self.num_classes, smoothing)
     return loss.mean(), logits
+
+  @property
+  def mixes(self) -> bool:
+    return bool(self.mixup or self.cutmix)
+
+  def _mix(self, batch, rng):
+    """Mixup / cutmix of the batch with soft, smoothed targets (timm's Mixup)."""
+    images, targets = mix_batch(
+      rng,
+      batch['image'],
+      batch['label'],
+      self.num_classes,
+      mixup_alpha=self.mixup,
+      cutmix_alpha=self.cutmix,
+      switch_prob=self.mix_switch_prob,
+      prob=self.mix_prob,
+      label_smoothing=self.label_smoothing,
+    )
+    return {**batch, 'image': images, 'label': targets}
 
   def _train_step(self, state: TrainState, frozen, aux, batch, rng):
     rng = jax.random.fold_in(rng, state.step)
+    hard_labels = batch['label']
+    if self.mixes:
+      rng, rng_mix = jax.random.split(rng)
+      batch = self._mix(batch, rng_mix)
     (loss, logits), grads = jax.value_and_grad(self._loss, has_aux=True)(
       state.trainable, frozen, aux, batch, rng
     )
@@ -134,13 +171,17 @@ class MaskedFinetuner:
       )
     else:
       trainable = optax.apply_updates(state.trainable, updates)
-    labels = batch['label'] if batch['label'].ndim == 1 else batch['label'].argmax(-1)
+    ema = state.ema
+    if self.ema_decay:
+      d = self.ema_decay
+      ema = jax.tree.map(lambda e, p: (d * e + (1 - d) * p).astype(e.dtype), state.ema, trainable)
     metrics = {
       'loss': loss,
-      'accuracy': jnp.mean(logits.argmax(-1) == labels),
+      # Against the un-mixed labels: a training signal, not a benchmark number.
+      'accuracy': jnp.mean(logits.argmax(-1) == hard_labels),
       'lr': self.lr_fn(state.step),
     }
-    return TrainState(state.step + 1, trainable, opt_state), metrics
+    return TrainState(state.step + 1, trainable, opt_state, ema), metrics
 
   def _eval_step(self, params, batch):
     logits, _ = self.apply_fn({'params': roles_lib.unflat(params)}, batch['image'], train=False)
@@ -148,9 +189,16 @@ class MaskedFinetuner:
     correct = (logits.argmax(-1) == batch['label']) & mask
     return correct.sum(), mask.sum()
 
-  def evaluate(self, frozen, aux, state: TrainState, batches: Iterable[Mapping]) -> float:
-    """Top-1 accuracy over `batches` (with optional padding 'mask')."""
-    params = self.compose_jit(frozen, aux, state.trainable)
+  def evaluate(
+    self, frozen, aux, state: TrainState, batches: Iterable[Mapping], *, ema: bool = False
+  ) -> float:
+    """Top-1 accuracy over `batches` (with optional padding 'mask').
+
+    `ema=True` evaluates the moving average of the trainable weights.
+    """
+    if ema and state.ema is None:
+      raise ValueError('evaluate(ema=True) needs config.train.ema_decay > 0')
+    params = self.compose_jit(frozen, aux, state.ema if ema else state.trainable)
     correct = count = 0
     for batch in batches:
       c, n = self.eval_step(params, batch)
@@ -178,13 +226,23 @@ def fit(
 
   `eval_sets` (e.g. validation) are evaluated every `eval_every` steps and at
   the end; `final_sets` (e.g. test) only at the end, so that nothing can be
-  chosen on them. Each maps a split name to a callable returning a fresh
+  chosen on them. With an EMA of the weights, every split is also evaluated
+  with the EMA weights, as '<split>_ema'. Each maps a split name to a callable returning a fresh
   iterable of eval batches. Returns the final state, frozen part and aux, the
   history of evaluations, the final accuracies, the best accuracy of each
   `eval_sets` split, and the training wall time.
   """
   state, frozen, aux = tuner.init(params)
   eval_sets, final_sets = dict(eval_sets), dict(final_sets)
+
+  def evaluate(sets):
+    accs = {}
+    for name, make in sets.items():
+      accs[name] = tuner.evaluate(frozen, aux, state, make())
+      if tuner.ema_decay:
+        accs[f'{name}_ema'] = tuner.evaluate(frozen, aux, state, make(), ema=True)
+    return accs
+
   history, t0 = [], time.perf_counter()
   t_log, images_since = time.perf_counter(), 0
   for step in range(1, num_steps + 1):
@@ -204,20 +262,18 @@ def fit(
       )
       t_log, images_since = now, 0
     if eval_sets and eval_every and step % eval_every == 0 and step != num_steps:
-      accs = {name: tuner.evaluate(frozen, aux, state, make()) for name, make in eval_sets.items()}
+      accs = evaluate(eval_sets)
       history.append({'step': step, **accs})
       printer(f'  eval at step {step}: ' + '  '.join(f'{k} {v:.4f}' for k, v in accs.items()))
   jax.block_until_ready(state)
   train_seconds = time.perf_counter() - t0
-  final = {
-    name: tuner.evaluate(frozen, aux, state, make())
-    for name, make in {**eval_sets, **final_sets}.items()
-  }
+  final = evaluate({**eval_sets, **final_sets})
+  evaluated = [k for k in final if k.removesuffix('_ema') in eval_sets]
   if eval_sets:
-    history.append({'step': num_steps, **{k: final[k] for k in eval_sets}})
+    history.append({'step': num_steps, **{k: final[k] for k in evaluated}})
   if final:
     printer('  final: ' + '  '.join(f'{k} {v:.4f}' for k, v in final.items()))
-  best = {name: max(h[name] for h in history) for name in eval_sets}
+  best = {name: max(h[name] for h in history) for name in evaluated}
   return {
     'state': state,
     'frozen': frozen,

@@ -4,7 +4,8 @@
 random init on a large source dataset). Its backbone — every parameter but the
 head — is saved in the vit_jax layout, so that downstream runs load it through
 the same loader as a real ViT-B/16 checkpoint. The file name carries a hash of
-the upstream config, so a changed recipe never reuses a stale file.
+the upstream config and of ``REVISION``, so a changed recipe never reuses a stale
+file.
 """
 
 from __future__ import annotations
@@ -20,9 +21,16 @@ from gps_jax import roles as roles_lib
 from gps_jax.vit_npz import save_vit_npz
 
 
+# Bump when a code change alters what an unchanged upstream config trains to (data
+# order, augmentation, initialisation), so that old cache files are not reused.
+# 2: the tf.data pipeline over splits (per-epoch Dataset.shuffle), jitted init.
+REVISION = 2
+
+
 def cache_path(upstream: ml_collections.ConfigDict) -> str:
   """Where the backbone of this upstream config is (or will be) cached."""
-  key = hashlib.sha256(upstream.to_json(sort_keys=True).encode()).hexdigest()[:12]
+  text = f'{REVISION}:{upstream.to_json(sort_keys=True)}'
+  key = hashlib.sha256(text.encode()).hexdigest()[:12]
   cache_dir = (
     upstream.get('cache_dir')
     or os.environ.get('GPS_JAX_CACHE')

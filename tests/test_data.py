@@ -12,8 +12,17 @@ import tensorflow as tf  # Imported at collection so no test pays the ~10 s impo
 
 from gps_jax.data import sources
 from gps_jax.data.augment import supcon_augment
-from gps_jax.data.pipeline import eval_batches, preprocess, train_batches, two_view_batches
+from gps_jax.data.input_pipeline import (
+  eval_batches,
+  num_eval_batches,
+  recipe_image_fns,
+  steps_per_epoch,
+  train_batches,
+  two_view_batches,
+)
+from gps_jax.data.pipeline import preprocess
 from gps_jax.data.sources import load_dataset, load_fashion_mnist, num_classes, split_counts
+from gps_jax.data.splits import memory_split
 
 FASHION_DIR = sources.DEFAULT_FASHION_MNIST_DIR
 MEAN = (0.485, 0.456, 0.406)
@@ -194,30 +203,37 @@ def test_preprocess_hand_computed():
   np.testing.assert_allclose(batch[0, 0, 0], -np.array(MEAN) / np.array(STD), rtol=1e-6)
 
 
-def _train(x, y, seed, num_epochs, batch_size=4):
-  return train_batches(
-    x, y, batch_size=batch_size, image_size=8, mean=0.0, std=1.0, seed=seed, num_epochs=num_epochs
-  )
+def _split(x, y):
+  return memory_split('test', x, y, int(np.max(y)) + 1)
+
+
+def _train(x, y, seed, batch_size=4):
+  train_fn, _ = recipe_image_fns('resize', 8, 0.0, 1.0)
+  return train_batches(_split(x, y), batch_size=batch_size, image_fn=train_fn, seed=seed)
+
+
+def _take(iterator, k):
+  return [next(iterator) for _ in range(k)]
 
 
 def test_train_batches_shapes_and_drop_remainder():
   x, y = indexed_images(10)
-  batches = list(_train(x, y, seed=0, num_epochs=1))
-  assert len(batches) == 2  # 10 // 4, remainder dropped
+  assert steps_per_epoch(10, 4) == 2  # 10 // 4, remainder dropped
+  batches = _take(_train(x, y, seed=0), 6)  # three epochs
   for b in batches:
     assert set(b) == {'image', 'label'}
     assert b['image'].shape == (4, 8, 8, 3) and b['image'].dtype == np.float32
     assert b['label'].shape == (4,) and b['label'].dtype == np.int32
     # Image and label travel together: pixel value 3 * index / 255.
     np.testing.assert_allclose(b['image'][:, 0, 0, 0], 3 * b['label'] / 255.0, rtol=1e-6)
-  seen = np.concatenate([b['label'] for b in batches])
-  assert len(set(seen)) == 8
-  assert len(list(_train(x, y, seed=0, num_epochs=3))) == 6
+  for e in range(3):  # each epoch: 2 batches, 8 distinct examples, 2 left out
+    seen = np.concatenate([b['label'] for b in batches[2 * e : 2 * e + 2]])
+    assert len(set(seen.tolist())) == 8
 
 
 def test_train_batches_determinism_and_reshuffle():
   x, y = indexed_images(64)
-  run = lambda seed: np.stack([b['label'] for b in _train(x, y, seed, 3, batch_size=8)])
+  run = lambda seed: np.stack([b['label'] for b in _take(_train(x, y, seed, batch_size=8), 24)])
   a, b, c = run(5), run(5), run(6)
   np.testing.assert_array_equal(a, b)
   assert not np.array_equal(a, c)
@@ -227,35 +243,49 @@ def test_train_batches_determinism_and_reshuffle():
   assert not np.array_equal(epochs[0], epochs[1])
   assert not np.array_equal(epochs[1], epochs[2])
   assert not np.array_equal(epochs[0], np.arange(64))  # actually shuffled
+  assert not np.array_equal(epochs[0], c.reshape(3, 64)[0])  # the seed changes epoch 0
 
 
 def test_train_batches_repeat_forever_and_errors():
   x, y = indexed_images(10)
-  assert len(list(itertools.islice(_train(x, y, seed=0, num_epochs=None), 25))) == 25
-  with pytest.raises(ValueError, match='batch_size'):
-    _train(x, y, seed=0, num_epochs=1, batch_size=11)
+  assert len(list(itertools.islice(_train(x, y, seed=0), 25))) == 25
+  with pytest.raises(ValueError, match='batch size 11 is larger than the split'):
+    _train(x, y, seed=0, batch_size=11)
+  train_fn, _ = recipe_image_fns('resize', 8, 0.0, 1.0)
+  with pytest.raises(ValueError, match='start_step must be >= 0'):
+    train_batches(_split(x, y), batch_size=2, image_fn=train_fn, seed=0, start_step=-1)
+
+
+def _eval(x, y, batch_size, image_size):
+  _, eval_fn = recipe_image_fns('resize', image_size, 0.0, 1.0)
+  split = _split(x, y)
+  return list(eval_batches(split, batch_size=batch_size, image_fn=eval_fn, image_size=image_size))
 
 
 def test_eval_batches_in_order_with_mask():
   x, y = indexed_images(10, rgb=True)
-  batches = list(eval_batches(x, y, batch_size=4, image_size=16, mean=0.0, std=1.0))
-  assert len(batches) == 3
+  batches = _eval(x, y, batch_size=4, image_size=16)
+  assert len(batches) == 3 == num_eval_batches(10, 4)
   for b in batches:
-    assert b['image'].shape == (4, 16, 16, 3) and b['label'].shape == (4,)
+    assert b['image'].shape == (4, 16, 16, 3) and b['image'].dtype == np.float32
+    assert b['label'].shape == (4,) and b['label'].dtype == np.int32
     assert b['mask'].dtype == bool and b['mask'].shape == (4,)
   masks = np.concatenate([b['mask'] for b in batches])
   np.testing.assert_array_equal(masks, [True] * 10 + [False] * 2)
   labels = np.concatenate([b['label'] for b in batches])[masks]
   np.testing.assert_array_equal(labels, np.arange(10))
-  pixels = np.concatenate([b['image'][:, 5, 5, 1] for b in batches])[masks]
-  np.testing.assert_allclose(pixels, 3 * np.arange(10) / 255.0, rtol=1e-6)
-  exact = list(eval_batches(x[:8], y[:8], batch_size=4, image_size=8, mean=0.0, std=1.0))
+  images = np.concatenate([b['image'] for b in batches])
+  np.testing.assert_allclose(images[masks][:, 5, 5, 1], 3 * np.arange(10) / 255.0, rtol=1e-6)
+  np.testing.assert_array_equal(images[~masks], 0.0)  # padding: zero images
+  exact = _eval(x[:8], y[:8], batch_size=4, image_size=8)
   assert len(exact) == 2 and all(b['mask'].all() for b in exact)
 
 
 def _two_view(x, y, seed, batch_size=8, size=16):
   return list(
-    two_view_batches(x, y, batch_size=batch_size, image_size=size, mean=MEAN, std=STD, seed=seed)
+    two_view_batches(
+      _split(x, y), batch_size=batch_size, image_size=size, mean=MEAN, std=STD, seed=seed
+    )
   )
 
 
@@ -274,6 +304,7 @@ def test_two_view_batches(rgb):
   lo = (0.0 - np.array(MEAN)) / np.array(STD)
   hi = (1.0 - np.array(MEAN)) / np.array(STD)
   for b in batches:
+    assert set(b) == {'image', 'label'}
     assert b['image'].shape == (16, 16, 16, 3) and b['image'].dtype == np.float32
     assert b['label'].shape == (8,) and b['label'].dtype == np.int32
     assert np.all(b['image'] >= lo - 1e-5) and np.all(b['image'] <= hi + 1e-5)
@@ -282,6 +313,7 @@ def test_two_view_batches(rgb):
   labels = np.concatenate([b['label'] for b in batches])
   assert len(set(labels)) == 16 and not np.array_equal(labels, np.arange(16))
   again = _two_view(x, y, seed=1)
+  assert len(again) == len(batches)
   for a, b in zip(batches, again):
     np.testing.assert_array_equal(a['image'], b['image'])
     np.testing.assert_array_equal(a['label'], b['label'])
@@ -290,17 +322,24 @@ def test_two_view_batches(rgb):
 
 
 def test_two_view_is_view_major():
-  """Row j is view 0 and row B + j view 1 of the j-th image, per the seed recipe."""
-  x, y = _random_images(8, rgb=True, seed=3)
-  b = _two_view(x, y, seed=7, batch_size=4)[0]
+  """Row j is view 0 and row B + j view 1 of the j-th image, per the seed recipe.
+
+  input_pipeline.two_view_batches seeds the example at position p of the pass
+  with [seed, 0] folded with int64 3, process_index and p, and its view v with int32 v.
+  """
+  x, y = _random_images(12, rgb=True, seed=3)
+  batches = _two_view(x, y, seed=7, batch_size=4)
+  assert len(batches) == 3
   fold = tf.random.experimental.stateless_fold_in
-  aug_base = fold(tf.constant([7, 0], tf.int64), 1)
-  for j, i in enumerate(b['label']):
-    image = tf.constant(x[i], tf.float32) / 255.0
-    for v in (0, 1):
-      seed = fold(fold(aug_base, tf.constant(i, tf.int64)), v)
-      want = (supcon_augment(image, seed, 16).numpy() - MEAN) / STD
-      np.testing.assert_allclose(b['image'][v * 4 + j], want, atol=1e-5)
+  int64 = lambda i: tf.constant(i, tf.int64)  # fold_in depends on the dtype of the data
+  base = fold(fold(tf.constant([7, 0], tf.int64), int64(3)), int64(0))  # (seed, 3, process 0)
+  for k, b in enumerate(batches[:2]):
+    for j, i in enumerate(b['label']):
+      image = tf.constant(x[i], tf.float32) / 255.0
+      example = fold(base, int64(4 * k + j))
+      for v in (0, 1):
+        want = (supcon_augment(image, fold(example, v), 16).numpy() - MEAN) / STD
+        np.testing.assert_allclose(b['image'][v * 4 + j], want, atol=1e-5)
 
 
 def test_supcon_augment_stateless():

@@ -7,7 +7,8 @@ import optax
 import pytest
 import tensorflow as tf  # Imported at collection so no test pays the import.
 
-from gps_jax.data.fgvc_augment import fgvc_eval_image, fgvc_train_image, mix_batch
+from gps_jax.data.fgvc_augment import fgvc_eval_image, fgvc_train_image
+from gps_jax.mixup import mix_batch
 
 # ----------------------------------------------------------------------------- train image
 

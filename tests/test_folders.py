@@ -1,20 +1,27 @@
-"""Tests for gps_jax.data.folders: VTAB-1k / VPT folder readers and file_batches."""
+"""Tests for gps_jax.data.folders (VTAB-1k / VPT readers) and folder splits in the pipeline."""
 
 import json
 import os
 
 import numpy as np
 import pytest
-import tensorflow as tf  # noqa: F401  Imported at collection so no test pays the import.
+import tensorflow as tf  # Imported at collection so no test pays the import.
 from PIL import Image
 
 from gps_jax.data.folders import (
   check_num_classes,
-  file_batches,
   num_classes_of,
   read_vpt_folder,
   read_vtab_folder,
 )
+from gps_jax.data.input_pipeline import (
+  eval_batches,
+  recipe_image_fns,
+  train_batches,
+  two_view_batches,
+)
+from gps_jax.data.pipeline import preprocess
+from gps_jax.data.splits import folder_split
 
 COLOUR = (51, 102, 153)  # / 255 = (0.2, 0.4, 0.6)
 HALF = (0.5, 0.5, 0.5)
@@ -253,15 +260,47 @@ def test_num_classes_and_check():
     check_num_classes([1, 5, 2, 7], 5, 'test.json')
 
 
-# ----------------------------------------------------------------------------- file_batches
+# ----------------------------------------------------------------------------- folder splits
+
+
+def _split(paths, labels):
+  return folder_split('folder', list(paths), labels, 4)
+
+
+def _eval(paths, labels, batch_size, image_size, mean=HALF, std=HALF, recipe='resize'):
+  _, eval_fn = recipe_image_fns(recipe, image_size, mean, std)
+  split = _split(paths, labels)
+  return eval_batches(split, batch_size=batch_size, image_fn=eval_fn, image_size=image_size)
+
+
+def _train(paths, labels, batch_size, image_size, seed, recipe='resize'):
+  train_fn, _ = recipe_image_fns(recipe, image_size, HALF, HALF)
+  split = _split(paths, labels)
+  return train_batches(split, batch_size=batch_size, image_fn=train_fn, seed=seed)
+
+
+def test_folder_split_holds_paths_not_pixels(vtab_root):
+  paths, labels = read_vtab_folder(vtab_root, 'trainval')
+  split = _split(paths, labels)
+  assert split.num_examples == 4 and split.num_classes == 4
+  examples = list(split.dataset.as_numpy_iterator())
+  assert [e['image'].decode() for e in examples] == paths
+  assert [int(e['label']) for e in examples] == LABELS[:4]
+  image = split.decode(tf.constant(paths[0])).numpy()
+  np.testing.assert_array_equal(image, constant_rgb(20, 30))
+  gray = split.decode(tf.constant(paths[3])).numpy()  # grayscale PNG -> 3 equal channels
+  np.testing.assert_array_equal(gray, np.full((13, 9, 3), 51, np.uint8))
+  assert split.find_bad_example() is None
+  with pytest.raises(ValueError, match=r'label 3 at index 3 is outside \[0, 3\)'):
+    folder_split('folder', paths, labels, 3)
+  with pytest.raises(ValueError):  # 4 paths, 2 labels
+    folder_split('folder', paths, labels[:2], 4)
 
 
 def test_eval_batches_cover_every_file_once_in_order_with_mask(vtab_root):
   paths, labels = read_vtab_folder(vtab_root, 'trainval')
   paths, labels = paths + paths[:1], np.append(labels, labels[0])  # 5 examples
-  batches = list(
-    file_batches(paths, labels, batch_size=2, image_size=16, mean=HALF, std=HALF, training=False)
-  )
+  batches = list(_eval(paths, labels, batch_size=2, image_size=16))
   assert len(batches) == 3
   for b in batches:
     assert set(b) == {'image', 'label', 'mask'}
@@ -273,39 +312,49 @@ def test_eval_batches_cover_every_file_once_in_order_with_mask(vtab_root):
   got = np.concatenate([b['label'] for b in batches])[mask]
   np.testing.assert_array_equal(got, labels)
   images = np.concatenate([b['image'] for b in batches])
-  np.testing.assert_array_equal(images[5], images[0])  # Padding repeats example 0.
+  np.testing.assert_array_equal(images[4], images[0])  # The same file twice, same pixels.
+  np.testing.assert_array_equal(images[5], 0.0)  # Padding is a zero image.
+  assert not np.array_equal(images[0], images[1])
   assert np.all(np.abs(images) <= 1.0 + 1e-6)
 
 
 def test_constant_colour_and_grayscale_normalisation(vtab_root):
   paths, labels = read_vtab_folder(vtab_root, 'trainval')
-  kw = dict(image_size=12, mean=HALF, std=HALF, training=False)
-  (batch,) = file_batches([paths[0], paths[3]], labels[[0, 3]], batch_size=2, **kw)
+  (batch,) = _eval([paths[0], paths[3]], labels[[0, 3]], batch_size=2, image_size=12)
   # (c / 255 - 0.5) / 0.5 with c = (51, 102, 153) -> (0.2, 0.4, 0.6) -> (-0.6, -0.2, 0.2).
   want = np.broadcast_to(np.float32([-0.6, -0.2, 0.2]), (12, 12, 3))
   np.testing.assert_allclose(batch['image'][0], want, atol=1e-6)
   np.testing.assert_allclose(batch['image'][1], np.full((12, 12, 3), -0.6), atol=1e-6)  # gray 51
   mean, std = (0.1, 0.2, 0.3), (0.5, 0.25, 2.0)
-  (batch,) = file_batches(
-    paths[:1], labels[:1], batch_size=1, image_size=20, mean=mean, std=std, training=False
+  (batch,) = _eval(paths[:1], labels[:1], batch_size=1, image_size=20, mean=mean, std=std)
+  # ((0.2, 0.4, 0.6) - mean) / std = (0.2, 0.8, 0.15).
+  np.testing.assert_allclose(
+    batch['image'][0], np.broadcast_to([0.2, 0.8, 0.15], (20, 20, 3)), atol=1e-6
   )
-  expected = (np.array(COLOUR) / 255 - np.array(mean)) / np.array(std)
-  np.testing.assert_allclose(batch['image'][0], np.broadcast_to(expected, (20, 20, 3)), atol=1e-6)
 
 
 def test_matches_pipeline_preprocess_of_decoded_pixels(vtab_root):
-  from gps_jax.data.pipeline import preprocess
-
   paths, labels = read_vtab_folder(vtab_root, 'trainval')
-  (batch,) = file_batches(
-    paths, labels, batch_size=4, image_size=24, mean=HALF, std=HALF, training=False
-  )
+  (batch,) = _eval(paths, labels, batch_size=4, image_size=24)
   for i, path in enumerate(paths):
     want = preprocess(np.asarray(Image.open(path).convert('RGB')), 24, HALF, HALF).numpy()
     if path.endswith('.png'):  # Lossless: identical pixels, identical result.
       np.testing.assert_allclose(batch['image'][i], want, atol=1e-6, err_msg=path)
     else:  # libjpeg builds differ in chroma upsampling; only a few levels apart.
       assert np.mean(np.abs(batch['image'][i] - want)) < 4 * 2 / 255, path
+
+
+def test_fgvc_recipe_batches_files_of_different_sizes(vtab_root):
+  paths = abs_paths(vtab_root, [rel for rel, _, _ in IMAGES])
+  labels = np.asarray(LABELS, np.int32)
+  (batch,) = _eval(paths, labels, batch_size=6, image_size=8, recipe='fgvc')
+  assert batch['image'].shape == (6, 8, 8, 3) and batch['mask'].all()
+  # Constant files stay constant through resize + centre crop: (0, 255, 10) -> (-1, 1, -0.92).
+  want = (np.array([0, 255, 10]) / 255 - 0.5) / 0.5
+  np.testing.assert_allclose(batch['image'][5], np.broadcast_to(want, (8, 8, 3)), atol=1e-5)
+  batch = next(_train(paths, labels, batch_size=6, image_size=8, seed=0, recipe='fgvc'))
+  assert batch['image'].shape == (6, 8, 8, 3) and np.isfinite(batch['image']).all()
+  np.testing.assert_array_equal(np.sort(batch['label']), np.sort(labels))
 
 
 def take(it, k):
@@ -315,10 +364,10 @@ def take(it, k):
 def test_training_is_deterministic_per_seed_and_drops_remainder(vtab_root):
   paths, labels = read_vtab_folder(vtab_root, 'trainval')
   paths, labels = paths + read_vtab_folder(vtab_root, 'test')[0], np.arange(6, dtype=np.int32)
-  kw = dict(batch_size=4, image_size=8, mean=HALF, std=HALF, training=True)
-  a = take(file_batches(paths, labels, seed=3, **kw), 6)  # 6 epochs of one batch each
-  b = take(file_batches(paths, labels, seed=3, **kw), 6)
-  c = take(file_batches(paths, labels, seed=4, **kw), 6)
+  split = folder_split('folder', paths, labels, 6)
+  train_fn, _ = recipe_image_fns('resize', 8, HALF, HALF)
+  run = lambda seed: take(train_batches(split, batch_size=4, image_fn=train_fn, seed=seed), 6)
+  a, b, c = run(3), run(3), run(4)  # 6 epochs of one batch each (2 files left out per epoch)
   for x in a:
     assert set(x) == {'image', 'label'}
     assert x['image'].shape == (4, 8, 8, 3) and x['label'].dtype == np.int32
@@ -329,17 +378,23 @@ def test_training_is_deterministic_per_seed_and_drops_remainder(vtab_root):
   orders = [tuple(x['label']) for x in a]
   assert len(set(orders)) > 1  # Each epoch reshuffles.
   assert orders != [tuple(x['label']) for x in c]
+  # The images follow their labels: file 0 is the constant colour, file 5 (0, 255, 10).
+  for x in a:
+    for row, label in zip(x['image'], x['label']):
+      if label in (0, 5):
+        colour = COLOUR if label == 0 else (0, 255, 10)
+        want = (np.array(colour) / 255 - 0.5) / 0.5
+        np.testing.assert_allclose(row, np.broadcast_to(want, (8, 8, 3)), atol=1e-5)
 
 
-def test_training_needs_seed_and_enough_examples(vtab_root):
-  paths, labels = read_vtab_folder(vtab_root, 'train')
-  kw = dict(image_size=8, mean=HALF, std=HALF)
-  with pytest.raises(ValueError, match='needs a seed'):
-    file_batches(paths, labels, batch_size=2, training=True, **kw)
-  with pytest.raises(ValueError, match='batch_size=4 with 3 examples'):
-    file_batches(paths, labels, batch_size=4, seed=0, training=True, **kw)
-  with pytest.raises(ValueError, match='labels must have shape'):
-    file_batches(paths, labels[:2], batch_size=2, training=False, **kw)
+def test_batch_size_larger_than_the_split(vtab_root):
+  paths, labels = read_vtab_folder(vtab_root, 'train')  # 3 files
+  with pytest.raises(ValueError, match='batch size 4 is larger than the split'):
+    _train(paths, labels, batch_size=4, image_size=8, seed=0)
+  with pytest.raises(ValueError, match='selection batch size 4 is larger than the split'):
+    two_view_batches(_split(paths, labels), batch_size=4, image_size=8, mean=HALF, std=HALF, seed=0)
+  (batch,) = _eval(paths, labels, batch_size=4, image_size=8)  # Evaluation pads instead.
+  np.testing.assert_array_equal(batch['mask'], [True, True, True, False])
 
 
 def test_corrupt_image_error_names_the_path(vtab_root):
@@ -349,23 +404,26 @@ def test_corrupt_image_error_names_the_path(vtab_root):
     f.write(np.random.default_rng(0).integers(0, 256, 500, dtype=np.uint8).tobytes())
   paths = paths + [bad]
   labels = np.append(labels, 0)
-  it = file_batches(paths, labels, batch_size=2, image_size=8, mean=HALF, std=HALF, training=False)
+  it = _eval(paths, labels, batch_size=2, image_size=8)
   assert next(it)['image'].shape == (2, 8, 8, 3)  # Batches before the bad file still come.
-  next(it)
+  assert next(it)['mask'].all()
   with pytest.raises(ValueError) as info:
     next(it)
-  assert bad in str(info.value)
-  it = file_batches(
-    paths, labels, batch_size=5, image_size=8, mean=HALF, std=HALF, seed=0, training=True
-  )
-  with pytest.raises(ValueError, match=bad):
+  assert str(info.value).startswith(f'{bad}: cannot decode image file')
+  it = _train(paths, labels, batch_size=5, image_size=8, seed=0)  # Every epoch holds it.
+  with pytest.raises(ValueError) as info:
     next(it)
+  assert str(info.value).startswith(bad)
 
 
 def test_missing_image_error_names_the_path(vtab_root):
   paths, labels = read_vtab_folder(vtab_root, 'test')
   os.remove(paths[1])
-  it = file_batches(paths, labels, batch_size=2, image_size=8, mean=HALF, std=HALF, training=False)
+  it = _eval(paths, labels, batch_size=2, image_size=8)
   with pytest.raises(FileNotFoundError) as info:
     next(it)
-  assert paths[1] in str(info.value)
+  assert str(info.value).startswith(paths[1])
+  it = _train(paths, labels, batch_size=2, image_size=8, seed=1)
+  with pytest.raises(FileNotFoundError) as info:
+    next(it)
+  assert str(info.value).startswith(paths[1])

@@ -1,8 +1,9 @@
-"""Data sources and tf.data pipelines for the offline demo.
+"""Data: sources (demo arrays, TFDS, VTAB/VPT folders) and the tf.data input pipeline.
 
-The sources are plain numpy and load eagerly; the pipeline names (which import
-TensorFlow) are resolved lazily on first access, so ``from gps_jax.data import
-load_dataset`` does not pull in TensorFlow.
+``gps_jax.data.splits.open_split(config.data, role)`` opens any source as a
+split; ``gps_jax.data.input_pipeline`` turns a split into batches. The numpy
+demo loaders below import no TensorFlow; the TF-based names are resolved
+lazily on first access.
 """
 
 from gps_jax.data.sources import (
@@ -15,7 +16,16 @@ from gps_jax.data.sources import (
   split_counts,
 )
 
-_PIPELINE = ('preprocess', 'train_batches', 'eval_batches', 'two_view_batches')
+_LAZY = {
+  'open_split': 'gps_jax.data.splits',
+  'Split': 'gps_jax.data.splits',
+  'train_batches': 'gps_jax.data.input_pipeline',
+  'eval_batches': 'gps_jax.data.input_pipeline',
+  'two_view_batches': 'gps_jax.data.input_pipeline',
+  'recipe_image_fns': 'gps_jax.data.input_pipeline',
+  'preprocess': 'gps_jax.data.pipeline',
+  'supcon_augment': 'gps_jax.data.augment',
+}
 
 __all__ = [
   'DATASETS',
@@ -25,18 +35,13 @@ __all__ = [
   'num_classes',
   'read_idx',
   'split_counts',
-  'supcon_augment',
-  *_PIPELINE,
+  *_LAZY,
 ]
 
 
 def __getattr__(name):
-  if name in _PIPELINE:
-    from gps_jax.data import pipeline
+  if name in _LAZY:
+    import importlib
 
-    return getattr(pipeline, name)
-  if name == 'supcon_augment':
-    from gps_jax.data.augment import supcon_augment
-
-    return supcon_augment
+    return getattr(importlib.import_module(_LAZY[name]), name)
   raise AttributeError(f'module {__name__!r} has no attribute {name!r}')

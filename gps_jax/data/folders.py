@@ -2,7 +2,7 @@
 
 Two layouts are supported; both readers return ``(paths, labels)`` where
 ``paths`` is a list of absolute file paths and ``labels`` an int32 array. No
-image is decoded here (see :func:`file_batches` for the tf.data pipeline).
+image is decoded here (see :func:`gps_jax.data.splits.folder_split`).
 
 * VTAB-1k, GPS/SSF layout: ``root`` holds the annotation files
   ``train800val200.txt``, ``train800.txt``, ``val200.txt`` and ``test.txt``,
@@ -12,7 +12,8 @@ image is decoded here (see :func:`file_batches` for the tf.data pipeline).
   ``test.json``, each a JSON object ``{relative image path: integer label}``.
   Training in the original uses train + val (``'trainval'`` here).
 
-The readers import no TensorFlow; :func:`file_batches` imports it on first use.
+The readers import no TensorFlow; :func:`gps_jax.data.splits.folder_split` turns
+their output into a split for the input pipeline.
 """
 
 from __future__ import annotations
@@ -20,12 +21,8 @@ from __future__ import annotations
 import json
 import os
 import re
-from typing import Iterator, Sequence
 
 import numpy as np
-
-Batch = dict[str, np.ndarray]
-Floats = float | Sequence[float]
 
 VTAB_SPLITS = ('train800val200', 'train800', 'val200', 'test')
 VTAB_ALIASES = {'trainval': 'train800val200', 'train': 'train800', 'val': 'val200'}
@@ -204,10 +201,10 @@ def check_num_classes(labels, num_classes: int, source: str) -> None:
     )
 
 
-# ----------------------------------------------------------------------------- tf.data
+# ----------------------------------------------------------------------------- files
 
 
-def _image_error(path: str) -> Exception | None:
+def image_error(path: str) -> Exception | None:
   """Eagerly reads and decodes ``path``; returns the error to raise, or None."""
   import tensorflow as tf
 
@@ -218,110 +215,3 @@ def _image_error(path: str) -> Exception | None:
   except tf.errors.OpError as e:
     return ValueError(f'{path}: cannot decode image file: {e.message}')
   return None
-
-
-class _NamingIterator:
-  """Wraps a numpy iterator; on a TF op error, finds and names the bad file.
-
-  tf.data keeps element order (the default deterministic mode), so the error
-  raised on the k-th ``next`` belongs to batch k: its paths are checked first,
-  then all paths, and the original error is re-raised if none fails.
-  """
-
-  def __init__(self, it, index_ds, paths: list[str], batch_size: int):
-    self._it, self._index_ds, self._paths, self._bs = it, index_ds, paths, batch_size
-    self._count = 0
-
-  def __iter__(self):
-    return self
-
-  def __next__(self) -> Batch:
-    import tensorflow as tf
-
-    try:
-      batch = next(self._it)
-    except tf.errors.OpError as e:
-      suspects = self._index_ds.skip(self._count * self._bs).take(self._bs)
-      first = [int(i) for i in suspects.as_numpy_iterator()]
-      for i in dict.fromkeys([*first, *range(len(self._paths))]):
-        error = _image_error(self._paths[i])
-        if error is not None:
-          raise error from e
-      raise
-    self._count += 1
-    return batch
-
-
-def file_batches(
-  paths: Sequence[str],
-  labels,
-  *,
-  batch_size: int,
-  image_size: int,
-  mean: Floats,
-  std: Floats,
-  seed: int | None = None,
-  training: bool,
-) -> Iterator[Batch]:
-  """Batches of decoded image files {'image': (B, S, S, 3) f32, 'label': (B,) i32}.
-
-  Each file is read with ``tf.io.read_file`` and decoded with
-  ``tf.io.decode_image(channels=3, expand_animations=False)`` (JPEG, PNG, GIF's
-  first frame, BMP; grayscale becomes RGB), resized bilinearly to
-  ``image_size`` x ``image_size`` ignoring the aspect ratio (VTAB style), and
-  normalised ``(x / 255 - mean) / std`` by :func:`gps_jax.data.pipeline.preprocess`.
-
-  ``training=True``: repeats forever; epoch e is a permutation drawn from
-  (seed, e) (stateless, so the same seed gives the same batches), and each
-  epoch drops its last incomplete batch. ``seed`` is required.
-  ``training=False``: one in-order pass; the last batch is padded to
-  ``batch_size`` with copies of example 0 whose boolean 'mask' is False (every
-  other entry has 'mask' True), like :func:`gps_jax.data.pipeline.eval_batches`.
-
-  A file that cannot be read or decoded raises, when its batch is requested,
-  ``FileNotFoundError`` / ``ValueError`` whose message starts with its path.
-  """
-  import tensorflow as tf
-
-  from gps_jax.data.pipeline import epoch_permutation, padded_positions, preprocess
-
-  paths = [os.fspath(p) for p in paths]
-  labels = np.asarray(labels)
-  n = len(paths)
-  if labels.shape != (n,):
-    raise ValueError(f'labels must have shape ({n},), got {labels.shape}')
-  if not np.issubdtype(labels.dtype, np.integer):
-    raise ValueError(f'labels must be integers, got {labels.dtype}')
-  if batch_size < 1 or (training and n < batch_size) or n == 0:
-    limit = f'1 <= batch_size <= {n}' if training else '1 <= batch_size and >= 1 example'
-    raise ValueError(f'batch_size={batch_size} with {n} examples; need {limit}')
-  paths_t = tf.constant(paths, tf.string)
-  labels_t = tf.constant(labels, tf.int32)
-
-  def load(i):
-    image = tf.io.decode_image(tf.io.read_file(paths_t[i]), channels=3, expand_animations=False)
-    image.set_shape([None, None, 3])
-    return preprocess(image, image_size, mean, std), labels_t[i]
-
-  if training:
-    if seed is None:
-      raise ValueError('file_batches(training=True) needs a seed')
-
-    def epoch(e):
-      return tf.data.Dataset.from_tensor_slices(epoch_permutation(seed, n, e, batch_size))
-
-    index_ds = tf.data.Dataset.counter().flat_map(epoch)
-    ds = index_ds.map(load, num_parallel_calls=tf.data.AUTOTUNE)
-    ds = ds.batch(batch_size, drop_remainder=True)
-    ds = ds.map(lambda x, y: {'image': x, 'label': y})
-  else:
-    idx, mask = padded_positions(n, batch_size)
-    index_ds = tf.data.Dataset.from_tensor_slices(idx)
-    ds = tf.data.Dataset.zip(
-      index_ds.map(load, num_parallel_calls=tf.data.AUTOTUNE),
-      tf.data.Dataset.from_tensor_slices(mask),
-    )
-    ds = ds.batch(batch_size)
-    ds = ds.map(lambda xy, m: {'image': xy[0], 'label': xy[1], 'mask': m})
-  it = ds.prefetch(tf.data.AUTOTUNE).as_numpy_iterator()
-  return _NamingIterator(it, index_ds, paths, batch_size)

@@ -200,8 +200,11 @@ def to_example(spec: TaskSpec, example: Example) -> dict[str, tf.Tensor]:
     image = image * tf.constant(spec.image_scale, tf.uint8)
   if spec.grayscale:
     image = tf.tile(image, [1, 1, 3])
+  return {'image': image, 'label': example_label(spec, example)}
+
+
+def example_label(spec: TaskSpec, example: Example) -> tf.Tensor:
+  """The task's int64 label of a TFDS example (its 'label' or ``spec.label_fn``)."""
   if spec.label_fn is None:
-    label = example['label']
-  else:
-    label = LABEL_FNS[spec.label_fn](example)
-  return {'image': image, 'label': tf.cast(label, tf.int64)}
+    return tf.cast(example['label'], tf.int64)
+  return tf.cast(LABEL_FNS[spec.label_fn](example), tf.int64)

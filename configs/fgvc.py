@@ -1,0 +1,72 @@
+"""FGVC with ViT-B/16: the paper's per-dataset recipe (reference README section 2).
+
+  python -m gps_jax.main --config=configs/fgvc.py:cub --workdir=runs/fgvc/cub \
+    --config.data.data_dir=/data/CUB_200_2011 \
+    --config.model.checkpoint=/path/to/B_16-i21k-300ep-lr_0.001-aug_medium1-wd_0.1-do_0.0-sd_0.0.npz
+
+The argument is one of cub, nabirds, oxford_flowers, stanford_dogs,
+stanford_cars, optionally followed by options:
+
+* ``,tfds``: read the TFDS builder (caltech_birds2011, oxford_flowers102,
+  stanford_dogs, cars196; not nabirds) from ``config.data.data_dir`` instead
+  of a VPT folder. Without it, ``data_dir`` is the VPT folder with
+  ``train.json``, ``val.json``, ``test.json``.
+* ``,val``: model-selection protocol: train on train, evaluate val every 10
+  epochs (``best_val_accuracy``); test once after the last epoch.
+
+Default protocol: train on train+val, report test accuracy after the last
+epoch with the EMA weights (the raw weights' accuracy is reported beside it).
+Recipe: random resized crop 224 + flip, mixup 0.8, cutmix 1.0, label smoothing
+0.1, eval resize 248 + centre crop 224, EMA of the trainable weights.
+"""
+
+from gps_jax.config_defaults import experiment_config, paper_schedule, parse_config_arg
+from gps_jax.config_defaults import vit_b16_model
+
+# name: (K, batch size, lr, drop-path, EMA decay, classes, VPT image folder).
+RECIPES = {
+  'cub': (2, 32, 3e-3, 0.0, 0.9998, 200, 'images'),
+  'nabirds': (20, 32, 1e-4, 0.1, 0.9998, 555, 'images'),
+  'oxford_flowers': (1, 32, 1e-3, 0.1, 0.99, 102, ''),
+  'stanford_cars': (15, 32, 5e-4, 0.0, 0.9998, 196, ''),
+  'stanford_dogs': (1, 64, 1e-4, 0.0, 0.9998, 120, 'Images'),
+}
+TFDS_NAMES = ('cub', 'oxford_flowers', 'stanford_dogs', 'stanford_cars')
+OPTIONS = {'tfds', 'val'}
+
+
+def get_config(arg=None):
+  name, options = parse_config_arg(arg, tuple(RECIPES), 'FGVC data set')
+  if options - OPTIONS:
+    raise ValueError(f'unknown option(s) {sorted(options - OPTIONS)} in {arg!r}; use {OPTIONS}')
+  if 'tfds' in options and name not in TFDS_NAMES:
+    raise ValueError(f'{name} has no TFDS builder; use its VPT folder (drop ",tfds")')
+  k, batch, lr, drop_path, ema, classes, image_dir = RECIPES[name]
+  c = experiment_config()
+  paper_schedule(c)
+  c.method = 'gps'
+  c.model = vit_b16_model()
+  c.model.drop_path_rate = drop_path
+  c.data.source = 'tfds' if 'tfds' in options else 'vpt_folder'
+  c.data.name = name
+  c.data.num_classes = classes
+  c.data.image_dir = image_dir
+  c.data.recipe = 'fgvc'
+  c.data.resize_size = 248
+  c.data.batch_size = batch
+  c.data.eval_batch_size = 256
+  if 'val' in options:
+    c.data.train_split, c.data.val_split = 'train', 'val'
+    c.train.eval_every_epochs = 10.0
+  else:
+    c.data.train_split, c.data.val_split = 'trainval', ''
+    c.train.eval_every_epochs = 0.0
+  c.data.test_split = 'test'
+  c.gps.k = k
+  c.optim.lr = lr
+  c.train.mixup = 0.8
+  c.train.cutmix = 1.0
+  c.train.label_smoothing = 0.1
+  c.train.ema_decay = ema
+  c.train.log_every = 100
+  return c

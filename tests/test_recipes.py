@@ -1,0 +1,211 @@
+"""The benchmark configs (VTAB-1k, FGVC, CIFAR-100) and their runs end to end on small data."""
+
+import importlib.util
+import json
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from gps_jax import experiment
+from gps_jax.data import vtab
+
+CONFIGS = os.path.join(os.path.dirname(__file__), '..', 'configs')
+
+
+def _config(file, arg=None):
+  spec = importlib.util.spec_from_file_location(file, os.path.join(CONFIGS, file))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg)
+
+
+# Transcribed independently from the reference README, section 2 (VTAB-1k recipe):
+# task: (batch, lr, drop-path); K = 1 except patch_camelyon (2).
+VTAB_TABLE = """
+caltech101 16 2e-3 0 | cifar100 32 1e-2 0 | dtd 16 2e-3 0 | oxford_flowers102 16 2e-3 0
+oxford_iiit_pet 32 3e-3 0 | svhn 32 5e-3 0 | sun397 16 2.5e-3 0 | patch_camelyon 32 4e-3 0
+eurosat 16 2e-3 0 | resisc45 16 1.5e-3 0.1 | diabetic_retinopathy 32 2e-3 0.2
+clevr_count 16 3e-4 0.1 | clevr_distance 16 2e-3 0.1 | dmlab 16 1.5e-3 0.1 | kitti_distance 16 1e-3 0
+dsprites_location 32 7e-3 0 | dsprites_orientation 16 5e-4 0.2 | smallnorb_azimuth 32 3e-3 0.1
+smallnorb_elevation 32 3e-4 0.2
+"""
+# FGVC: name: (K, batch, lr, drop-path, EMA decay, classes).
+FGVC_TABLE = {
+  'cub': (2, 32, 3e-3, 0.0, 0.9998, 200),
+  'nabirds': (20, 32, 1e-4, 0.1, 0.9998, 555),
+  'oxford_flowers': (1, 32, 1e-3, 0.1, 0.99, 102),
+  'stanford_cars': (15, 32, 5e-4, 0.0, 0.9998, 196),
+  'stanford_dogs': (1, 64, 1e-4, 0.0, 0.9998, 120),
+}
+
+
+def _vtab_rows():
+  rows = {}
+  for item in VTAB_TABLE.replace('\n', '|').split('|'):
+    if item.strip():
+      name, batch, lr, dp = item.split()
+      rows[name] = (int(batch), float(lr), float(dp))
+  return rows
+
+
+def _paper_schedule(c):
+  assert (c.seed, c.train.epochs, c.optim.name, c.optim.weight_decay) == (42, 100, 'adam', 0.0)
+  assert (c.optim.warmup_epochs, c.optim.warmup_init_lr, c.optim.end_lr) == (10, 1e-7, 1e-8)
+  assert c.model.variant == 'B/16' and c.model.image_size == 224
+  assert tuple(c.model.mean) == tuple(c.model.std) == (0.5, 0.5, 0.5)
+  assert c.model.require_checkpoint and c.method == 'gps'
+
+
+def test_vtab_config_matches_the_reference_table_for_all_19_tasks():
+  rows = _vtab_rows()
+  assert set(rows) == set(vtab.TASKS)
+  for task, (batch, lr, dp) in rows.items():
+    c = _config('vtab.py', task)
+    _paper_schedule(c)
+    assert (c.data.batch_size, c.optim.lr, c.model.drop_path_rate) == (batch, lr, dp), task
+    assert c.gps.k == (2 if task == 'patch_camelyon' else 1), task
+    assert (c.data.source, c.data.name, c.data.recipe) == ('vtab', task, 'resize')
+    assert (c.data.train_split, c.data.val_split, c.data.test_split) == (
+      'train800val200',
+      '',
+      'test',
+    )
+    assert (c.train.mixup, c.train.cutmix, c.train.ema_decay) == (0, 0, 0)
+
+
+def test_vtab_config_options():
+  c = _config('vtab.py', 'dtd,val')
+  assert (c.data.train_split, c.data.val_split, c.train.eval_every_epochs) == (
+    'train800',
+    'val200',
+    10,
+  )
+  assert _config('vtab.py', 'dtd,folder').data.source == 'vtab_folder'
+  with pytest.raises(ValueError, match='valid names: caltech101'):
+    _config('vtab.py', 'imagenet')
+  with pytest.raises(ValueError, match='VTAB-1k task'):
+    _config('vtab.py', None)
+  with pytest.raises(ValueError, match=r"unknown option\(s\) \['fast'\]"):
+    _config('vtab.py', 'dtd,fast')
+
+
+@pytest.mark.parametrize('name', sorted(FGVC_TABLE))
+def test_fgvc_config_matches_the_reference_table(name):
+  k, batch, lr, dp, ema, classes = FGVC_TABLE[name]
+  c = _config('fgvc.py', name)
+  _paper_schedule(c)
+  assert (c.gps.k, c.data.batch_size, c.optim.lr, c.model.drop_path_rate) == (k, batch, lr, dp)
+  assert (c.train.ema_decay, c.data.num_classes) == (ema, classes)
+  assert (c.data.source, c.data.recipe, c.data.resize_size) == ('vpt_folder', 'fgvc', 248)
+  assert (c.train.mixup, c.train.cutmix, c.train.label_smoothing) == (0.8, 1.0, 0.1)
+  assert (c.data.train_split, c.data.val_split, c.data.test_split) == ('trainval', '', 'test')
+
+
+def test_fgvc_config_options():
+  c = _config('fgvc.py', 'cub,tfds,val')
+  assert (c.data.source, c.data.train_split, c.data.val_split) == ('tfds', 'train', 'val')
+  with pytest.raises(ValueError, match='nabirds has no TFDS builder'):
+    _config('fgvc.py', 'nabirds,tfds')
+
+
+def test_cifar100_config():
+  c = _config('cifar100.py')
+  _paper_schedule(c)
+  assert (c.data.source, c.data.name, c.data.train_split, c.data.test_split) == (
+    'tfds',
+    'cifar100',
+    'trainval',
+    'test',
+  )
+  assert _config('cifar100.py', 'val').data.val_split == 'val'
+
+
+def test_missing_checkpoint_is_an_error_naming_the_option(tmp_path):
+  c = _config('vtab.py', 'dtd')
+  with pytest.raises(ValueError, match='config.model.checkpoint is empty'):
+    experiment.run(c, str(tmp_path), printer=lambda s: None)
+
+
+# ----------------------------------------------------------------------------- end to end
+
+
+def _tiny_model(c, image_size=32):
+  c.model.variant = ''
+  c.model.update(
+    dict(
+      image_size=image_size,
+      patch_size=8,
+      hidden_size=16,
+      num_layers=1,
+      num_heads=2,
+      mlp_dim=32,
+      require_checkpoint=False,
+    )
+  )
+
+
+def _quick(c):
+  c.train.steps = 3
+  c.data.batch_size = 4
+  c.gps.batch_size = 4
+  c.data.eval_batch_size = 8
+  c.optim.warmup_epochs = 0
+
+
+def test_vtab_recipe_runs_end_to_end_on_mock_tfds(tmp_path):
+  c = _config('vtab.py', 'dtd,val')
+  _tiny_model(c)
+  _quick(c)
+  c.data.data_dir = str(tmp_path / 'tfds')
+  c.data.prepare = True  # mock_data's download_and_prepare is a no-op; is_prepared() is not mocked.
+  with tfds.testing.mock_data(num_examples=12):
+    results = experiment.run(c, str(tmp_path / 'run'), printer=lambda s: None)
+  saved = json.load(open(tmp_path / 'run' / 'results.json'))
+  assert saved['splits'] == {
+    'train': 'dtd:train[:800]',
+    'val': 'dtd:validation[:200]',
+    'test': 'dtd:test',
+  }
+  assert saved['data_source'] == 'vtab' and 'nothing is chosen on test' in saved['protocol']
+  assert 0.0 <= saved['test_accuracy'] <= 1.0 and 'best_val_accuracy' in saved
+  assert saved['k'] == 1 and saved['selection']['batches'] == 3  # 12 // 4 two-view batches.
+  assert os.path.isdir(tmp_path / 'run' / 'checkpoint')
+  assert results['params']['head/kernel'].shape == (16, 47)
+
+
+def _write_vpt_folder(root, num_classes=3, per_split=(8, 4, 6)):
+  rng = np.random.default_rng(0)
+  os.makedirs(root / 'images' / 'a')
+  for split, n in zip(('train', 'val', 'test'), per_split):
+    entries = {}
+    for i in range(n):
+      key = f'a/{split}_{i}.jpg'
+      h, w = rng.integers(30, 50, size=2)
+      pixels = rng.integers(0, 256, size=(h, w, 3), dtype=np.uint8)
+      tf.io.write_file(str(root / 'images' / key), tf.io.encode_jpeg(pixels))
+      entries[key] = int(i % num_classes)
+    (root / f'{split}.json').write_text(json.dumps(entries))
+
+
+def test_fgvc_recipe_runs_end_to_end_on_a_vpt_folder_with_mixup_and_ema(tmp_path):
+  _write_vpt_folder(tmp_path / 'cub')
+  c = _config('fgvc.py', 'cub')
+  _tiny_model(c)
+  _quick(c)
+  c.data.data_dir = str(tmp_path / 'cub')
+  c.data.num_classes = 3
+  c.data.resize_size = 36
+  c.train.ema_decay = 0.5
+  results = experiment.run(c, str(tmp_path / 'run'), printer=lambda s: None)
+  saved = json.load(open(tmp_path / 'run' / 'results.json'))
+  assert saved['splits'] == {'train': 'cub:trainval', 'test': 'cub:test'}
+  assert 'with the EMA weights' in saved['protocol']
+  assert saved['test_accuracy'] == saved['test_accuracy_ema']
+  # 6 test images: every accuracy is a multiple of 1/6.
+  for key in ('test_accuracy_ema', 'test_accuracy_raw'):
+    assert np.isclose(saved[key] * 6, round(saved[key] * 6))
+  assert saved['train_steps'] == 3 and saved['k'] == 2
+  assert results['params']['head/kernel'].shape == (16, 3)

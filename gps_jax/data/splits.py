@@ -206,12 +206,33 @@ def _decode_bytes(scale: int = 1) -> Callable[[tf.Tensor], tf.Tensor]:
   return decode
 
 
-def tfds_builder(tfds_name: str, data: ml_collections.ConfigDict, manual: bool):
-  """The prepared TFDS builder, or a FileNotFoundError saying how to prepare it."""
+def _pinned_builder(tfds_name: str, version: str, data_dir):
+  """The builder of `version` when data of that version is prepared in data_dir, else None."""
+  import tensorflow_datasets as tfds
+
+  try:
+    builder = tfds.builder(f'{tfds_name}:{version}', data_dir=data_dir)
+  except Exception:  # Version neither in the code nor on disk: the default is tried next.
+    return None
+  return builder if builder.is_prepared() else None
+
+
+def tfds_builder(
+  tfds_name: str, data: ml_collections.ConfigDict, manual: bool, version: str | None = None
+):
+  """The prepared TFDS builder, or a FileNotFoundError saying how to prepare it.
+
+  With a pinned ``version``, data prepared at that version is used when present
+  (e.g. VPT's caltech101 3.0.1); otherwise the installed default version.
+  """
   import tensorflow_datasets as tfds
 
   data_dir = data.get('data_dir') or None
   manual_dir = data.get('manual_dir') or None
+  if version:
+    pinned = _pinned_builder(tfds_name, version, data_dir)
+    if pinned is not None:
+      return pinned
   try:
     builder = tfds.builder(tfds_name, data_dir=data_dir)
   except tfds.core.registered.DatasetNotFoundError as e:
@@ -235,7 +256,12 @@ def tfds_builder(tfds_name: str, data: ml_collections.ConfigDict, manual: bool):
       f'prepare it with `tfds build {tfds_name} --data_dir={data_dir or "~/tensorflow_datasets"}` '
       f'on a machine with network (then copy the folder here), or set config.data.prepare=True'
     )
-  raise FileNotFoundError(f'TFDS data set {tfds_name} is not prepared in {where}: {hint}')
+  also = (
+    f' (nor at the pinned version {version})'
+    if version and version != str(builder.info.version)
+    else ''
+  )
+  raise FileNotFoundError(f'TFDS data set {tfds_name} is not prepared in {where}{also}: {hint}')
 
 
 def _from_builder(builder, split: str, name: str, n_cls: int, example_fn, decode) -> Split:
@@ -270,7 +296,7 @@ def _count(builder, split: str, ds: tf.data.Dataset) -> int:
 
 def _vtab_split(data, role: str, n_cls: int) -> Split:
   spec = vtab.get_task(data.name)
-  builder = tfds_builder(spec.tfds_name, data, spec.manual_download)
+  builder = tfds_builder(spec.tfds_name, data, spec.manual_download, spec.version)
   warning = vtab.check_version(spec, builder.info.version)
   if warning:
     log.warning(warning)

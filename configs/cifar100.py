@@ -16,33 +16,19 @@ Options after the file (``configs/cifar100.py:val``): ``val`` trains on
 train[:45000] and evaluates train[45000:] every 10 epochs for model selection.
 """
 
-from gps_jax.config_defaults import experiment_config, paper_schedule
-from gps_jax.config_defaults import vit_b16_model
+from gps_jax.config_defaults import paper_config
 
 
 def get_config(arg=None):
   options = {p.strip() for p in (arg or '').split(',') if p.strip()}
   if options - {'val'}:
     raise ValueError(f'unknown option(s) {sorted(options - {"val"})} in {arg!r}; use "val"')
-  c = experiment_config()
-  paper_schedule(c)
-  c.method = 'gps'
-  c.model = vit_b16_model()
+  c = paper_config(k=1, batch_size=256, lr=1e-3, drop_path=0.0, model_selection='val' in options)
   c.data.source = 'tfds'
   c.data.name = 'cifar100'
   c.data.recipe = 'fgvc'
   c.data.resize_size = 248
-  c.data.batch_size = 256
   c.data.eval_batch_size = 512
-  if 'val' in options:
-    c.data.train_split, c.data.val_split = 'train', 'val'
-    c.train.eval_every_epochs = 10.0
-  else:
-    c.data.train_split, c.data.val_split = 'trainval', ''
-    c.train.eval_every_epochs = 0.0
-  c.data.test_split = 'test'
-  c.gps.k = 1
-  c.optim.lr = 1e-3
   c.train.label_smoothing = 0.1
   c.train.ema_decay = 0.99992
   c.train.log_every = 100

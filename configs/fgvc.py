@@ -20,8 +20,7 @@ Recipe: random resized crop 224 + flip, mixup 0.8, cutmix 1.0, label smoothing
 0.1, eval resize 248 + centre crop 224, EMA of the trainable weights.
 """
 
-from gps_jax.config_defaults import experiment_config, paper_schedule, parse_config_arg
-from gps_jax.config_defaults import vit_b16_model
+from gps_jax.config_defaults import paper_config, parse_config_arg
 
 # name: (K, batch size, lr, drop-path, EMA decay, classes, VPT image folder).
 RECIPES = {
@@ -42,28 +41,15 @@ def get_config(arg=None):
   if 'tfds' in options and name not in TFDS_NAMES:
     raise ValueError(f'{name} has no TFDS builder; use its VPT folder (drop ",tfds")')
   k, batch, lr, drop_path, ema, classes, image_dir = RECIPES[name]
-  c = experiment_config()
-  paper_schedule(c)
-  c.method = 'gps'
-  c.model = vit_b16_model()
-  c.model.drop_path_rate = drop_path
+  c = paper_config(
+    k=k, batch_size=batch, lr=lr, drop_path=drop_path, model_selection='val' in options
+  )
   c.data.source = 'tfds' if 'tfds' in options else 'vpt_folder'
   c.data.name = name
   c.data.num_classes = classes
   c.data.image_dir = image_dir
   c.data.recipe = 'fgvc'
   c.data.resize_size = 248
-  c.data.batch_size = batch
-  c.data.eval_batch_size = 256
-  if 'val' in options:
-    c.data.train_split, c.data.val_split = 'train', 'val'
-    c.train.eval_every_epochs = 10.0
-  else:
-    c.data.train_split, c.data.val_split = 'trainval', ''
-    c.train.eval_every_epochs = 0.0
-  c.data.test_split = 'test'
-  c.gps.k = k
-  c.optim.lr = lr
   c.train.mixup = 0.8
   c.train.cutmix = 1.0
   c.train.label_smoothing = 0.1

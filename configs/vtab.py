@@ -17,8 +17,7 @@ accuracy after the last epoch. VTAB recipe: resize to 224, no augmentation, no
 mixup, no EMA; the selection pass uses the two-view SupCon augmentation.
 """
 
-from gps_jax.config_defaults import experiment_config, paper_schedule, parse_config_arg
-from gps_jax.config_defaults import vit_b16_model
+from gps_jax.config_defaults import paper_config, parse_config_arg
 from gps_jax.data import vtab
 
 # task: (K, batch size, lr, drop-path) — the GPS reference table.
@@ -51,25 +50,11 @@ def get_config(arg=None):
   if options - OPTIONS:
     raise ValueError(f'unknown option(s) {sorted(options - OPTIONS)} in {arg!r}; use {OPTIONS}')
   k, batch, lr, drop_path = RECIPES[task]
-  c = experiment_config()
-  paper_schedule(c)
-  c.method = 'gps'
-  c.model = vit_b16_model()
-  c.model.drop_path_rate = drop_path
+  c = paper_config(
+    k=k, batch_size=batch, lr=lr, drop_path=drop_path, model_selection='val' in options
+  )
   c.data.source = 'vtab_folder' if 'folder' in options else 'vtab'
-  c.data.name = task
+  c.data.name = vtab.get_task(task).name
   c.data.recipe = 'resize'
-  c.data.batch_size = batch
-  c.data.eval_batch_size = 256
-  if 'val' in options:
-    c.data.train_split, c.data.val_split = 'train800', 'val200'
-    c.train.eval_every_epochs = 10.0
-  else:
-    c.data.train_split, c.data.val_split = 'train800val200', ''
-    c.train.eval_every_epochs = 0.0
-  c.data.test_split = 'test'
-  c.gps.k = k
-  c.optim.lr = lr
   c.train.log_every = 50
-  assert vtab.get_task(task).num_classes  # Every recipe names a registered task.
   return c

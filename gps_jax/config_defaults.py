@@ -113,6 +113,34 @@ def vit_b16_model() -> ml_collections.ConfigDict:
   return m
 
 
+def paper_config(
+  *, k: int, batch_size: int, lr: float, drop_path: float, model_selection: bool
+) -> ml_collections.ConfigDict:
+  """GPS on ViT-B/16 with the paper's schedule and one of the two protocols.
+
+  ``model_selection=False``: train on trainval, report test after the last
+  epoch. ``True``: train on train, evaluate val every 10 epochs (for model
+  selection); test is still evaluated once, at the end.
+  """
+  c = experiment_config()
+  paper_schedule(c)
+  c.method = 'gps'
+  c.model = vit_b16_model()
+  c.model.drop_path_rate = drop_path
+  c.data.batch_size = batch_size
+  c.data.eval_batch_size = 256
+  if model_selection:
+    c.data.train_split, c.data.val_split = 'train', 'val'
+    c.train.eval_every_epochs = 10.0
+  else:
+    c.data.train_split, c.data.val_split = 'trainval', ''
+    c.train.eval_every_epochs = 0.0
+  c.data.test_split = 'test'
+  c.gps.k = k
+  c.optim.lr = lr
+  return c
+
+
 def paper_schedule(c: ml_collections.ConfigDict) -> None:
   """The paper's fine-tuning schedule: Adam, wd 0, 100 epochs, 10 warm-up, cosine."""
   c.seed = 42

@@ -68,21 +68,14 @@ def test_vtab_config_matches_the_reference_table_for_all_19_tasks():
     assert (c.data.batch_size, c.optim.lr, c.model.drop_path_rate) == (batch, lr, dp), task
     assert c.gps.k == (2 if task == 'patch_camelyon' else 1), task
     assert (c.data.source, c.data.name, c.data.recipe) == ('vtab', task, 'resize')
-    assert (c.data.train_split, c.data.val_split, c.data.test_split) == (
-      'train800val200',
-      '',
-      'test',
-    )
+    # 'trainval' is train800val200 for VTAB sources.
+    assert (c.data.train_split, c.data.val_split, c.data.test_split) == ('trainval', '', 'test')
     assert (c.train.mixup, c.train.cutmix, c.train.ema_decay) == (0, 0, 0)
 
 
 def test_vtab_config_options():
   c = _config('vtab.py', 'dtd,val')
-  assert (c.data.train_split, c.data.val_split, c.train.eval_every_epochs) == (
-    'train800',
-    'val200',
-    10,
-  )
+  assert (c.data.train_split, c.data.val_split, c.train.eval_every_epochs) == ('train', 'val', 10)
   assert _config('vtab.py', 'dtd,folder').data.source == 'vtab_folder'
   with pytest.raises(ValueError, match='valid names: caltech101'):
     _config('vtab.py', 'imagenet')

@@ -30,11 +30,16 @@ ROLES = ('select', 'train', 'freeze')
 
 # The reference GPS roles: head and every bias trained, layer-scale gammas
 # trained, normalisation layers, position embeddings and the class token
-# frozen, every other weight tensor selected per neuron.
+# frozen, every other weight tensor selected per neuron. Swin's relative
+# position bias tables are frozen too, like position embeddings: they encode
+# geometry, not features. This is our choice: the original's rule (every
+# tensor of two or more dims but norms, position embedding and class token)
+# would select a (positions, heads) table per head.
 GPS_RULES: tuple[tuple[str, str], ...] = (
   (r'^head/', 'train'),
   (r'(^|/)(LayerNorm[^/]*|[^/]*norm[^/]*)/', 'freeze'),
   (r'pos_embedding$', 'freeze'),
+  (r'(^|/)relative_position_bias_table$', 'freeze'),
   (r'^cls$', 'freeze'),
   (r'(^|/)bias$', 'train'),
   (r'(^|/)gamma$', 'train'),

@@ -119,3 +119,22 @@ def test_method_rules():
   assert {p for p, r in bitfit.items() if r == 'train'} == want_train
   assert {p for p, r in bitfit.items() if r == 'freeze'} == set(table) - want_train
   assert len(want_train) == 2 + 1 + 2 * 6  # head, embedding, 6 biases per block
+
+
+def test_gps_rules_freeze_relative_position_tables_and_train_gammas():
+  flat = {
+    'layers_0/blocks_1/attn/relative_position_bias_table': (49, 4),
+    'layers_0/blocks_1/attn/qkv/kernel': (8, 24),
+    'stages_0/blocks_0/gamma': (8,),
+    'stages_0/blocks_0/conv_dw/kernel': (7, 7, 1, 8),
+  }
+  shapes = roles_lib.unflat({p: jax.ShapeDtypeStruct(s, 'float32') for p, s in flat.items()})
+  got = {
+    p: (r.role, r.fan_in_ndim) for p, r in roles_lib.flat(roles_lib.assign_roles(shapes)).items()
+  }
+  assert got == {
+    'layers_0/blocks_1/attn/relative_position_bias_table': ('freeze', 0),
+    'layers_0/blocks_1/attn/qkv/kernel': ('select', 1),
+    'stages_0/blocks_0/gamma': ('train', 0),
+    'stages_0/blocks_0/conv_dw/kernel': ('select', 3),  # depthwise: fan-in 7 * 7 * 1 = 49
+  }

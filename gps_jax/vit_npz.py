@@ -150,7 +150,23 @@ def load_vit_npz(
   one ValueError naming the file and all offending keys.
   """
   path = os.fspath(path)
-  loaded = _read_npz(path)
+  return fit_params(_read_npz(path), model, path, rng=rng, init_params=init_params)
+
+
+def fit_params(
+  loaded: dict[str, np.ndarray],
+  model,
+  path: str,
+  *,
+  rng=None,
+  init_params: Optional[Mapping] = None,
+) -> dict:
+  """Flat '/'-joined arrays (from any file) -> nested float32 params that fit ``model``.
+
+  The adaptations and the strict check of :func:`load_vit_npz`; ``path`` names
+  the file in messages. Works for any model whose file keys are its param paths.
+  """
+  loaded = dict(loaded)
   expected = _expected_shapes(model, rng, init_params)
 
   file_head = {k for k in loaded if k.startswith('head/')}
@@ -175,7 +191,7 @@ def load_vit_npz(
       try:
         loaded[POSEMB_KEY] = resize_posemb(loaded[POSEMB_KEY], new[1])
       except ValueError as e:
-        raise ValueError(f'ViT checkpoint {path}: {POSEMB_KEY}: {e}') from None
+        raise ValueError(f'checkpoint {path}: {POSEMB_KEY}: {e}') from None
       log.info('%s: resized %s from %s to %s', path, POSEMB_KEY, old, new)
 
   problems = []
@@ -192,7 +208,7 @@ def load_vit_npz(
   ]
   if problems:
     raise ValueError(
-      f'ViT checkpoint {path} does not fit the model ({len(problems)} '
+      f'checkpoint {path} does not fit the model ({len(problems)} '
       'problems):\n  ' + '\n  '.join(problems)
     )
 

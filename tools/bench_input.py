@@ -20,6 +20,7 @@ accelerator would wait for input.
 
 from __future__ import annotations
 
+import functools
 import gc
 import json
 import os
@@ -89,9 +90,9 @@ def main(argv):
     train_fn, _ = pipeline.recipe_image_fns(
       data.recipe, size, mean, std, resize_size=data.get('resize_size') or None
     )
-    it = pipeline.train_batches(split, batch_size=bs, image_fn=train_fn, seed=0)
-    input_rate = _rate(lambda: next(it), FLAGS.batches, FLAGS.warmup, bs)
-    del it  # Stop the prefetching threads before the folder goes away.
+    batches = pipeline.train_batches(split, batch_size=bs, image_fn=train_fn, seed=0)
+    input_rate = _rate(functools.partial(next, batches), FLAGS.batches, FLAGS.warmup, bs)
+    del batches  # Stop the prefetching threads before the folder goes away.
     gc.collect()
 
   model = vit_lib.build_vit({**config.model.to_dict(), 'num_classes': num_classes})

@@ -13,6 +13,7 @@ import re
 
 from absl import app
 from absl import flags
+from absl import logging
 import numpy as np
 
 from gps_jax import checkpoint
@@ -29,6 +30,7 @@ def spread(indices: np.ndarray) -> tuple[int, float]:
 
 
 def main(argv):
+  logging.set_verbosity(logging.WARNING)  # orbax logs every restore at INFO
   pattern = re.compile(FLAGS.leaves)
   for path in argv[1:]:
     delta = checkpoint.load_delta(path)

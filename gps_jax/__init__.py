@@ -8,7 +8,8 @@ entries (plus head and biases) train; the result is a sparse delta.
 from gps_jax.checkpoint import load_delta, save_delta
 from gps_jax.losses import cross_entropy, l2_normalize, supcon_loss
 from gps_jax.mask_stats import format_table, mask_statistics
-from gps_jax.models.vit import ViT, build_vit, vit_config
+from gps_jax.models import ConvNeXt, SwinTransformer, ViT, build_convnext, build_swin, build_vit
+from gps_jax.models import convnext_config, swin_config, vit_config
 from gps_jax.roles import DEFAULT_FAN_IN_RULES, GPS_RULES, METHOD_RULES, LeafRole, assign_roles
 from gps_jax.selection import (
   accumulate_scores,
@@ -23,5 +24,6 @@ from gps_jax.selection import (
 from gps_jax.sparse import combine, scatter_add
 from gps_jax.trainer import MaskedFinetuner, TrainState, fit
 from gps_jax.vit_npz import load_vit_npz, resize_posemb, save_vit_npz
+from gps_jax.weights import build_model, load_checkpoint, read_state_dict
 
 __version__ = '0.1.0'

@@ -12,19 +12,17 @@ import time
 from typing import Callable
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 
 from gps_jax import checkpoint
-from gps_jax.data import input_pipeline as pipeline
-from gps_jax.data import splits as splits_lib
 from gps_jax import mask_stats
 from gps_jax import roles as roles_lib
 from gps_jax import selection
 from gps_jax import trainer as trainer_lib
+from gps_jax import weights
 from gps_jax.config_defaults import VIT_B16_I21K_FILE
-from gps_jax.models import vit as vit_lib
-from gps_jax.vit_npz import load_vit_npz
+from gps_jax.data import input_pipeline as pipeline
+from gps_jax.data import splits as splits_lib
 
 # The score each method selects by (methods without `select` leaves need none).
 METHOD_SCORES = {'gps': 'supcon', 'random': 'random', 'magnitude': 'magnitude'}
@@ -42,22 +40,23 @@ def method_rules(config: ml_collections.ConfigDict):
   return roles_lib.METHOD_RULES[config.method]
 
 
-def load_backbone(config: ml_collections.ConfigDict, model, rng: jax.Array) -> dict:
-  """Flat parameters: the checkpoint in `config.model.checkpoint`, or a fresh init."""
+def load_backbone(config: ml_collections.ConfigDict, model, model_config, rng: jax.Array) -> dict:
+  """Flat parameters: the checkpoint in `config.model.checkpoint`, or a fresh init.
+
+  Any file `gps_jax.weights.load_checkpoint` reads: vit_jax / gps_jax `.npz`, timm
+  `.safetensors` or `.pth`/`.bin`, for ViT, Swin and ConvNeXt.
+  """
   path = config.model.get('checkpoint', '')
   if not path and config.model.get('require_checkpoint', False):
     raise ValueError(
       'config.model.checkpoint is empty, but this recipe fine-tunes a pretrained backbone: '
-      'pass --config.model.checkpoint=/path/to/the .npz (for ViT-B/16: '
+      'pass --config.model.checkpoint=/path/to/the checkpoint (for ViT-B/16: '
       f'{VIT_B16_I21K_FILE}), or --config.model.require_checkpoint=False for random weights'
     )
-  size = config.model.image_size
-  # One compiled init instead of hundreds of eager ops.
-  init = jax.jit(lambda r: model.init(r, jnp.zeros((1, size, size, 3)), train=False)['params'])
-  init_params = init(rng)
+  init_params = weights.init_params(model, rng)
   if not path:
     return roles_lib.flat(init_params)
-  params = load_vit_npz(path, model, init_params=init_params)
+  params = weights.load_checkpoint(path, model_config, model=model, init=init_params)
   if config.model.get('reinit_head', True) and 'head' in init_params:
     params['head'] = init_params['head']  # a new task gets a new head
   return roles_lib.flat(params)
@@ -75,7 +74,8 @@ def run(
   rng = jax.random.PRNGKey(config.seed)
   rng_init, rng_select, rng_train, rng_data = jax.random.split(rng, 4)
   num_classes = splits_lib.num_classes(config.data)
-  model = vit_lib.build_vit({**config.model.to_dict(), 'num_classes': num_classes})
+  model_config = {**config.model.to_dict(), 'num_classes': num_classes}
+  model = weights.build_model(model_config)
   mean, std = tuple(config.model.mean), tuple(config.model.std)
   size = config.model.image_size
   train_image, eval_image = pipeline.recipe_image_fns(
@@ -91,7 +91,7 @@ def run(
     f'[{config.method}] loading backbone {config.model.get("checkpoint", "") or "(random init)"}'
   )
   # On the device once: the jitted steps would otherwise re-send host arrays every call.
-  params = jax.device_put(load_backbone(config, model, rng_init))
+  params = jax.device_put(load_backbone(config, model, model_config, rng_init))
   roles = roles_lib.assign_roles(
     params, method_rules(config), config.get('fan_in_rules') or roles_lib.DEFAULT_FAN_IN_RULES
   )

@@ -1,0 +1,447 @@
+"""Tests of gps_jax.models.convnext against timm's PyTorch ConvNeXt (CPU) as the reference.
+
+timm models get random non-trivial values for every parameter (weights ~ N(0, 1/fan_in),
+biases ~ N(0, 0.1^2), norm scales and layer-scale gammas ~ U(0.5, 1.5)), go through a
+.safetensors file like a downloaded checkpoint, are converted, and the Flax model must give
+the same logits and pre-logits features to 1e-4 in float32.
+"""
+
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+torch = pytest.importorskip('torch')
+timm_convnext = pytest.importorskip('timm.models.convnext')
+safetensors_numpy = pytest.importorskip('safetensors.numpy')
+safetensors_torch = pytest.importorskip('safetensors.torch')
+
+from gps_jax import roles as roles_lib  # noqa: E402
+from gps_jax.models import convnext as convnext_lib  # noqa: E402
+from gps_jax.models import vit as vit_lib  # noqa: E402
+from gps_jax.models.convnext import (  # noqa: E402
+  CONVNEXT_VARIANTS,
+  ConvNeXt,
+  build_convnext,
+  convnext_config,
+  convnext_drop_path_rates,
+  convnext_params_from_timm,
+)
+
+TOL = 1e-4
+SMALL = dict(depths=(1, 1, 2, 1), dims=(8, 16, 24, 32))
+SMALL_IMAGE = 64
+
+
+def randomize(model, seed):
+  """Gives every parameter of a timm ConvNeXt a random, non-trivial value (in place)."""
+  torch.manual_seed(seed)
+  done = set()
+  with torch.no_grad():
+    for name, module in model.named_modules():
+      prefix = f'{name}.' if name else ''
+      if isinstance(module, torch.nn.LayerNorm):
+        module.weight.uniform_(0.5, 1.5)
+        module.bias.normal_(0.0, 0.1)
+      elif isinstance(module, (torch.nn.Conv2d, torch.nn.Linear)):
+        fan_in = math.prod(module.weight.shape[1:])
+        module.weight.normal_(0.0, 1.0 / math.sqrt(fan_in))
+        module.bias.normal_(0.0, 0.1)
+      else:
+        continue
+      done.update({prefix + 'weight', prefix + 'bias'})
+    for name, p in model.named_parameters():
+      if name.endswith('gamma'):
+        p.uniform_(0.5, 1.5)
+        done.add(name)
+  assert done == {n for n, _ in model.named_parameters()}  # nothing left at its init
+  return model
+
+
+def timm_model(depths, dims, num_classes, seed=0, **kwargs):
+  model = timm_convnext.ConvNeXt(depths=depths, dims=dims, num_classes=num_classes, **kwargs)
+  return randomize(model, seed).eval()
+
+
+def via_safetensors(model, path):
+  """The model's state dict written to a .safetensors file and read back as numpy."""
+  safetensors_torch.save_file(model.state_dict(), str(path))
+  return safetensors_numpy.load_file(str(path))
+
+
+def timm_outputs(model, images_nhwc):
+  """(logits or None, pre-logits features) of a timm model on NHWC numpy images."""
+  x = torch.from_numpy(np.ascontiguousarray(images_nhwc.transpose(0, 3, 1, 2)))
+  with torch.no_grad():
+    feats = model.forward_features(x)
+    pre = model.forward_head(feats, pre_logits=True).numpy()
+    logits = model.forward_head(feats).numpy() if model.num_classes else None
+  return logits, pre
+
+
+def flax_outputs(model, params, images):
+  # 'highest': full float32 convolutions and matmuls also on accelerators (no TF32/bf16 passes).
+  with jax.default_matmul_precision('highest'):
+    apply = jax.jit(functools.partial(model.apply, train=False))
+    logits, feats = apply({'params': params}, jnp.asarray(images))
+  return (None if logits is None else np.asarray(logits)), np.asarray(feats)
+
+
+def max_diff(a, b):
+  assert a.shape == b.shape, (a.shape, b.shape)
+  return float(np.max(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64))))
+
+
+def images(batch, size, seed=0):
+  return np.random.RandomState(seed).randn(batch, size, size, 3).astype(np.float32)
+
+
+@pytest.fixture(scope='module')
+def small(tmp_path_factory):
+  """A small timm ConvNeXt with 10 classes, its safetensors state dict and a Flax twin."""
+  tmodel = timm_model(SMALL['depths'], SMALL['dims'], num_classes=10)
+  sd = via_safetensors(tmodel, tmp_path_factory.mktemp('convnext') / 'small.safetensors')
+  model = ConvNeXt(num_classes=10, image_size=SMALL_IMAGE, **SMALL)
+  return tmodel, sd, model, convnext_params_from_timm(sd, model)
+
+
+def layout(depths, dims, classes, patch=4):
+  """The documented parameter layout, written out by hand."""
+  names = {
+    'stem/conv/kernel': (patch, patch, 3, dims[0]),
+    'stem/conv/bias': (dims[0],),
+    'stem/norm/scale': (dims[0],),
+    'stem/norm/bias': (dims[0],),
+    'final_norm/scale': (dims[-1],),
+    'final_norm/bias': (dims[-1],),
+  }
+  for i, (depth, c) in enumerate(zip(depths, dims)):
+    if i:
+      s = f'stages_{i}/downsample/'
+      names[s + 'norm/scale'] = names[s + 'norm/bias'] = (dims[i - 1],)
+      names[s + 'conv/kernel'] = (2, 2, dims[i - 1], c)
+      names[s + 'conv/bias'] = (c,)
+    for j in range(depth):
+      b = f'stages_{i}/blocks_{j}/'
+      names[b + 'conv_dw/kernel'] = (7, 7, 1, c)
+      names[b + 'conv_dw/bias'] = (c,)
+      names[b + 'norm/scale'] = names[b + 'norm/bias'] = (c,)
+      names[b + 'mlp/fc1/kernel'] = (c, 4 * c)
+      names[b + 'mlp/fc1/bias'] = (4 * c,)
+      names[b + 'mlp/fc2/kernel'] = (4 * c, c)
+      names[b + 'mlp/fc2/bias'] = (c,)
+      names[b + 'gamma'] = (c,)
+  if classes:
+    names['head/kernel'] = (dims[-1], classes)
+    names['head/bias'] = (classes,)
+  return names
+
+
+def param_shapes(model):
+  x = jax.ShapeDtypeStruct((1, model.image_size, model.image_size, 3), jnp.float32)
+  init = lambda x: model.init(jax.random.PRNGKey(0), x, train=False)['params']
+  return {k: tuple(v.shape) for k, v in roles_lib.flat(jax.eval_shape(init, x)).items()}
+
+
+# --- layout and configs ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize('classes', [10, 0])
+def test_layout_matches_hand_written(classes):
+  model = ConvNeXt(num_classes=classes, image_size=SMALL_IMAGE, **SMALL)
+  assert param_shapes(model) == layout(SMALL['depths'], SMALL['dims'], classes)
+
+
+def test_init_values():
+  # Two stages keep XLA's compile of the random initialisers short.
+  model = ConvNeXt(num_classes=5, image_size=32, depths=(1, 1), dims=(8, 16))
+  init = jax.jit(functools.partial(model.init, train=False))
+  variables = init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)))
+  for k, v in roles_lib.flat(variables['params']).items():
+    if k.endswith('gamma'):
+      np.testing.assert_array_equal(v, np.full(v.shape, 1e-6, np.float32))
+    elif k.startswith('head/'):
+      np.testing.assert_array_equal(v, 0.0)  # a fresh head predicts nothing
+  logits, feats = jax.jit(functools.partial(model.apply, train=False))(
+    variables, jnp.ones((2, 32, 32, 3))
+  )
+  assert logits.shape == (2, 5) and feats.shape == (2, 16)
+  np.testing.assert_array_equal(logits, 0.0)
+
+
+@pytest.mark.parametrize('variant', sorted(CONVNEXT_VARIANTS))
+def test_variant_parameter_count_matches_timm(variant):
+  arch = CONVNEXT_VARIANTS[variant]
+  tmodel = timm_convnext.ConvNeXt(**arch, num_classes=1000, device='meta')
+  theirs = {k: tuple(v.shape) for k, v in tmodel.state_dict().items()}
+  ours = param_shapes(build_convnext(convnext_config(variant, num_classes=1000, image_size=224)))
+  assert sum(math.prod(s) for s in ours.values()) == sum(math.prod(s) for s in theirs.values())
+  assert len(ours) == len(theirs)
+  named = {convnext_lib._timm_name(k): convnext_lib._timm_shape(s) for k, s in ours.items()}
+  assert named == theirs
+
+
+def test_config_and_build():
+  cfg = convnext_config('B', num_classes=7, image_size=224)
+  assert cfg.name == 'convnext' and cfg.variant == 'B'
+  assert tuple(cfg.depths) == (3, 3, 27, 3) and tuple(cfg.dims) == (128, 256, 512, 1024)
+  assert tuple(cfg.mean) == (0.485, 0.456, 0.406) and tuple(cfg.std) == (0.229, 0.224, 0.225)
+  model = build_convnext(cfg)
+  assert isinstance(model, ConvNeXt)
+  assert (model.num_classes, model.image_size, model.depths) == (7, 224, (3, 3, 27, 3))
+  assert model.drop_path_rate == 0.0 and model.layer_scale_init == 1e-6
+  assert model.dtype == jnp.float32
+
+  cfg = convnext_config('T', num_classes=3, image_size=64, drop_path_rate=0.1, dtype='bfloat16')
+  model = build_convnext({**cfg.to_dict(), 'checkpoint': 'x.safetensors', 'reinit_head': True})
+  assert model.dims == (96, 192, 384, 768) and model.depths == (3, 3, 9, 3)
+  assert model.drop_path_rate == 0.1 and model.dtype == jnp.bfloat16
+
+  # Explicit fields win over the variant; lists (e.g. from JSON) become tuples.
+  model = build_convnext(dict(variant='T', depths=[1, 1, 2, 1], num_classes=2, image_size=32))
+  assert model.depths == (1, 1, 2, 1) and model.dims == (96, 192, 384, 768)
+  model = build_convnext(dict(name='convnext', num_classes=2, image_size=32, **SMALL))
+  assert model.dims == SMALL['dims']
+
+  with pytest.raises(ValueError, match='unknown ConvNeXt variant'):
+    convnext_config('XL', num_classes=1, image_size=224)
+  with pytest.raises(ValueError, match='unknown ConvNeXt config keys'):
+    convnext_config('T', num_classes=1, image_size=224, patch_size=8)
+  with pytest.raises(ValueError, match="name='convnext'"):
+    build_convnext(dict(name='vit', variant='T', num_classes=1, image_size=224))
+  with pytest.raises(ValueError, match='lacks'):
+    build_convnext(dict(num_classes=1, image_size=224))
+
+
+def test_wrong_image_shape():
+  model = ConvNeXt(num_classes=2, image_size=32, **SMALL)
+  with pytest.raises(ValueError, match='NHWC'):
+    model.init(jax.random.PRNGKey(0), jnp.zeros((1, 3, 32, 32)), train=False)
+
+
+# --- equality with timm ---------------------------------------------------------------------
+
+
+def test_small_matches_timm(small):
+  tmodel, _, model, params = small
+  x = images(3, SMALL_IMAGE)
+  t_logits, t_feats = timm_outputs(tmodel, x)
+  logits, feats = flax_outputs(model, params, x)
+  assert np.std(t_logits) > 0.1 and np.std(t_feats) > 0.1  # not trivially equal
+  assert max_diff(feats, t_feats) <= TOL
+  assert max_diff(logits, t_logits) <= TOL
+
+
+def test_small_matches_timm_other_image_size(small):
+  # The same weights on another resolution (96 = 3 x 32): nothing depends on image_size.
+  tmodel, sd, _, _ = small
+  model = ConvNeXt(num_classes=10, image_size=96, **SMALL)
+  x = images(1, 96, seed=1)
+  t_logits, t_feats = timm_outputs(tmodel, x)
+  logits, feats = flax_outputs(model, convnext_params_from_timm(sd, model), x)
+  assert max_diff(feats, t_feats) <= TOL and max_diff(logits, t_logits) <= TOL
+
+
+def test_num_classes_zero_features_only(tmp_path, small):
+  tmodel = timm_model(SMALL['depths'], SMALL['dims'], num_classes=0, seed=1)
+  sd = via_safetensors(tmodel, tmp_path / 'headless.safetensors')
+  assert not any(k.startswith('head.fc.') for k in sd)
+  model = ConvNeXt(num_classes=0, image_size=SMALL_IMAGE, **SMALL)
+  params = convnext_params_from_timm(sd, model)
+  assert 'head' not in params
+  x = images(2, SMALL_IMAGE, seed=2)
+  logits, feats = flax_outputs(model, params, x)
+  assert logits is None
+  assert max_diff(feats, timm_outputs(tmodel, x)[1]) <= TOL
+
+  # A checkpoint with a classifier loads into a features-only model: its head is dropped.
+  tmodel10, sd10, _, _ = small
+  params = convnext_params_from_timm(sd10, model)
+  assert 'head' not in params
+  assert max_diff(flax_outputs(model, params, x)[1], timm_outputs(tmodel10, x)[1]) <= TOL
+
+  # A headless checkpoint in a classifier: the model keeps a fresh zero head.
+  model5 = ConvNeXt(num_classes=5, image_size=SMALL_IMAGE, **SMALL)
+  params = convnext_params_from_timm(sd, model5)
+  np.testing.assert_array_equal(params['head']['kernel'], np.zeros((32, 5), np.float32))
+  np.testing.assert_array_equal(params['head']['bias'], np.zeros((5,), np.float32))
+
+
+def test_head_of_other_class_count_is_dropped(small):
+  tmodel, sd, _, params10 = small
+  model = ConvNeXt(num_classes=5, image_size=SMALL_IMAGE, **SMALL)
+  params = convnext_params_from_timm(sd, model)
+  np.testing.assert_array_equal(params['head']['kernel'], np.zeros((32, 5), np.float32))
+  np.testing.assert_array_equal(params['head']['bias'], np.zeros((5,), np.float32))
+  ours, theirs = roles_lib.flat(params), roles_lib.flat(params10)
+  assert set(ours) == set(theirs)
+  for k in ours:
+    if not k.startswith('head/'):
+      np.testing.assert_array_equal(ours[k], theirs[k])
+  x = images(2, SMALL_IMAGE, seed=3)
+  logits, feats = flax_outputs(model, params, x)
+  np.testing.assert_array_equal(logits, np.zeros((2, 5), np.float32))
+  assert max_diff(feats, timm_outputs(tmodel, x)[1]) <= TOL
+
+
+def test_converted_arrays(small):
+  _, sd, _, params = small
+  flat = roles_lib.flat(params)
+  assert all(isinstance(v, np.ndarray) and v.dtype == np.float32 for v in flat.values())
+  np.testing.assert_array_equal(
+    flat['stages_1/blocks_0/conv_dw/kernel'][:, :, 0, 5],
+    sd['stages.1.blocks.0.conv_dw.weight'][5, 0],
+  )
+  np.testing.assert_array_equal(
+    flat['stages_2/blocks_1/mlp/fc1/kernel'], sd['stages.2.blocks.1.mlp.fc1.weight'].T
+  )
+  np.testing.assert_array_equal(flat['final_norm/scale'], sd['head.norm.weight'])
+  np.testing.assert_array_equal(flat['stages_3/blocks_0/gamma'], sd['stages.3.blocks.0.gamma'])
+
+
+# --- drop-path ------------------------------------------------------------------------------
+
+
+def test_drop_path_rates_match_timm():
+  depths = (2, 1, 3, 2)
+  tmodel = timm_convnext.ConvNeXt(
+    depths=depths, dims=(8, 8, 8, 8), num_classes=0, drop_path_rate=0.3, device='meta'
+  )
+  theirs = [
+    [getattr(block.drop_path, 'drop_prob', 0.0) for block in stage.blocks]
+    for stage in tmodel.stages
+  ]
+  ours = convnext_drop_path_rates(0.3, depths)
+  assert [len(r) for r in ours] == list(depths)
+  np.testing.assert_allclose(sum(ours, []), sum(theirs, []), atol=1e-7)
+  assert convnext_drop_path_rates(0.0, depths) == [[0.0] * d for d in depths]
+  assert convnext_lib._drop_path is vit_lib._drop_path  # shared, not copied
+
+
+def test_train_mode_drop_path(small):
+  _, sd, _, _ = small
+  model = ConvNeXt(num_classes=10, image_size=SMALL_IMAGE, drop_path_rate=0.5, **SMALL)
+  params = convnext_params_from_timm(sd, model)
+  x = jnp.asarray(images(4, SMALL_IMAGE, seed=4))
+  apply = jax.jit(model.apply, static_argnames='train')
+  eval_logits, _ = apply({'params': params}, x, train=False)
+  train = lambda seed: apply(
+    {'params': params}, x, train=True, rngs={'dropout': jax.random.PRNGKey(seed)}
+  )[0]
+  a, a2, b = train(0), train(0), train(1)
+  np.testing.assert_array_equal(a, a2)  # the 'dropout' rng alone decides
+  assert max_diff(a, eval_logits) > 1e-3
+  assert max_diff(a, b) > 1e-3
+  with pytest.raises(Exception, match='dropout'):
+    jax.eval_shape(functools.partial(model.apply, train=True), {'params': params}, x)  # no rng
+
+  # Without drop-path, train mode is eval mode and needs no rng.
+  model0 = ConvNeXt(num_classes=10, image_size=SMALL_IMAGE, **SMALL)
+  logits0 = jax.jit(functools.partial(model0.apply, train=True))({'params': params}, x)[0]
+  np.testing.assert_allclose(logits0, eval_logits, rtol=0, atol=1e-6)
+
+
+# --- checkpoint errors ----------------------------------------------------------------------
+
+
+def test_all_problems_in_one_error(small):
+  _, sd, model, _ = small
+  bad = dict(sd)
+  del bad['stages.2.blocks.1.mlp.fc2.bias']
+  del bad['head.norm.weight']  # the final norm is not the classifier: never dropped
+  bad['stages.0.blocks.0.extra.weight'] = np.zeros((3,), np.float32)
+  bad['stages.1.blocks.0.mlp.fc1.weight'] = sd['stages.1.blocks.0.mlp.fc1.weight'].T
+  bad['stem.0.weight'] = sd['stem.0.weight'][:, :, :2]
+  bad['stages.3.blocks.0.gamma'] = np.ones((32,), np.int32)
+  with pytest.raises(ValueError) as info:
+    convnext_params_from_timm(bad, model)
+  message = str(info.value)
+  assert '6 problems' in message
+  for name in (
+    'missing stages.2.blocks.1.mlp.fc2.bias',
+    'missing head.norm.weight',
+    'unexpected stages.0.blocks.0.extra.weight',
+    'wrong shape stages.1.blocks.0.mlp.fc1.weight',
+    'wrong shape stem.0.weight',
+    'non-float dtype stages.3.blocks.0.gamma',
+  ):
+    assert name in message, message
+  assert 'stages_1/blocks_0/mlp/fc1/kernel' in message  # the Flax path is named too
+  assert 'stages.2.blocks.1.mlp.fc2.bias' in sd  # the caller's dict is left alone
+
+
+def test_state_dict_of_another_architecture(small):
+  _, sd, _, _ = small
+  deeper = ConvNeXt(num_classes=10, image_size=SMALL_IMAGE, depths=(1, 1, 3, 1), dims=SMALL['dims'])
+  with pytest.raises(ValueError, match=r'missing stages\.2\.blocks\.2\.conv_dw\.weight'):
+    convnext_params_from_timm(sd, deeper)
+  shallower = ConvNeXt(
+    num_classes=10, image_size=SMALL_IMAGE, depths=(1, 1, 1, 1), dims=SMALL['dims']
+  )
+  with pytest.raises(ValueError, match=r'unexpected stages\.2\.blocks\.1\.gamma'):
+    convnext_params_from_timm(sd, shallower)
+
+
+# --- GPS roles ------------------------------------------------------------------------------
+
+
+def test_gps_roles(small):
+  _, _, _, params = small
+  roles = roles_lib.flat(roles_lib.assign_roles(params))
+  for c, i in ((8, 0), (16, 1), (24, 2), (32, 3)):
+    dw = roles[f'stages_{i}/blocks_0/conv_dw/kernel']
+    assert (dw.role, dw.shape, dw.fan_in_ndim) == ('select', (7, 7, 1, c), 3)
+    assert dw.num_neurons == c and dw.fan_in == 49
+  assert roles['stem/conv/kernel'].fan_in == 4 * 4 * 3
+  assert roles['stages_2/downsample/conv/kernel'].fan_in == 2 * 2 * 16
+  assert roles['stages_2/blocks_1/mlp/fc1/kernel'].fan_in == 24
+  assert roles['stages_2/blocks_1/mlp/fc2/kernel'].fan_in == 96
+
+  for path, r in roles.items():
+    parts = path.split('/')
+    if parts[0] == 'head':
+      want = 'train'
+    elif any('norm' in p for p in parts[:-1]):
+      want = 'freeze'  # stem/norm, downsample/norm, blocks' norm and final_norm
+    elif parts[-1] in ('bias', 'gamma'):
+      want = 'train'
+    else:
+      assert parts[-1] == 'kernel', path
+      want = 'select'
+    assert r.role == want, (path, r.role)
+  assert roles['final_norm/scale'].role == 'freeze'
+  assert roles['stages_0/blocks_0/gamma'].role == 'train'
+
+  # Neurons over all selected leaves: the stem conv (8), each downsample conv (its out
+  # channels: 16 + 24 + 32) and per block conv_dw C + fc1 4C + fc2 C = 6C (blocks of width
+  # 8, 16, 24, 24, 32).
+  selected = roles_lib.leaves_with_role(roles_lib.assign_roles(params), 'select')
+  assert len(selected) == 1 + 3 + 3 * 5
+  assert sum(r.num_neurons for r in selected.values()) == 704
+  assert 704 == 8 + (16 + 24 + 32) + 6 * (8 + 16 + 24 + 24 + 32)
+
+
+# --- ConvNeXt-B -----------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_convnext_base_matches_timm(tmp_path):
+  arch = CONVNEXT_VARIANTS['B']
+  assert arch == dict(depths=(3, 3, 27, 3), dims=(128, 256, 512, 1024))
+  tmodel = timm_model(arch['depths'], arch['dims'], num_classes=1000, seed=2)
+  sd = via_safetensors(tmodel, tmp_path / 'convnext_base.safetensors')
+  model = build_convnext(convnext_config('B', num_classes=1000, image_size=224))
+  params = convnext_params_from_timm(sd, model)
+  del sd
+  n_ours = sum(v.size for v in jax.tree.leaves(params))
+  n_timm = sum(p.numel() for p in tmodel.parameters())
+  assert n_ours == n_timm == 88_591_464
+  x = images(1, 224, seed=5)
+  t_logits, t_feats = timm_outputs(tmodel, x)
+  logits, feats = flax_outputs(model, params, x)
+  assert np.std(t_logits) > 0.1
+  assert max_diff(feats, t_feats) <= TOL
+  assert max_diff(logits, t_logits) <= TOL

@@ -13,6 +13,12 @@ stanford_cars, optionally followed by options:
   ``train.json``, ``val.json``, ``test.json``.
 * ``,val``: model-selection protocol: train on train, evaluate val every 10
   epochs (``best_val_accuracy``); test once after the last epoch.
+* ``,swin_b`` or ``,convnext_b``: the backbone of the paper's Table 4 instead of
+  ViT-B/16: timm's ``swin_base_patch4_window7_224.ms_in22k`` or
+  ``convnext_base.fb_in22k`` (their ``model.safetensors``, or a ``.pth``), at 224
+  with the ImageNet mean / std of those files. The paper publishes no per-dataset
+  recipe for them; these configs use the ViT-B/16 one (K, batch, lr, drop-path,
+  EMA), a starting point to tune on the val protocol.
 
 Default protocol: train on train+val, report test accuracy after the last
 epoch with the EMA weights (the raw weights' accuracy is reported beside it).
@@ -31,7 +37,7 @@ RECIPES = {
   'stanford_dogs': (1, 64, 1e-4, 0.0, 0.9998, 120, 'Images'),
 }
 TFDS_NAMES = ('cub', 'oxford_flowers', 'stanford_dogs', 'stanford_cars')
-OPTIONS = {'tfds', 'val'}
+OPTIONS = {'tfds', 'val', 'vit_b16', 'swin_b', 'convnext_b'}
 
 
 def get_config(arg=None):
@@ -41,8 +47,16 @@ def get_config(arg=None):
   if 'tfds' in options and name not in TFDS_NAMES:
     raise ValueError(f'{name} has no TFDS builder; use its VPT folder (drop ",tfds")')
   k, batch, lr, drop_path, ema, classes, image_dir = RECIPES[name]
+  backbones = options & {'vit_b16', 'swin_b', 'convnext_b'}
+  if len(backbones) > 1:
+    raise ValueError(f'choose one backbone in {arg!r}, not {sorted(backbones)}')
   c = paper_config(
-    k=k, batch_size=batch, lr=lr, drop_path=drop_path, model_selection='val' in options
+    k=k,
+    batch_size=batch,
+    lr=lr,
+    drop_path=drop_path,
+    model_selection='val' in options,
+    backbone=backbones.pop() if backbones else 'vit_b16',
   )
   c.data.source = 'tfds' if 'tfds' in options else 'vpt_folder'
   c.data.name = name

@@ -113,10 +113,40 @@ def vit_b16_model() -> ml_collections.ConfigDict:
   return m
 
 
+# The paper's backbones (Table 4) and the timm ImageNet-21k checkpoints they come from.
+BACKBONES = {
+  'vit_b16': ('vit_base_patch16_224.augreg_in21k', VIT_B16_I21K_FILE),
+  'swin_b': ('swin_base_patch4_window7_224.ms_in22k', 'model.safetensors'),
+  'convnext_b': ('convnext_base.fb_in22k', 'model.safetensors'),
+}
+
+
+def backbone_model(name: str) -> ml_collections.ConfigDict:
+  """The model config of a paper backbone at 224 with its checkpoint's normalisation."""
+  if name == 'vit_b16':
+    return vit_b16_model()
+  if name not in BACKBONES:
+    raise ValueError(f'unknown backbone {name!r}; use one of {", ".join(BACKBONES)}')
+  from gps_jax.models import convnext_config, swin_config
+
+  make = swin_config if name == 'swin_b' else convnext_config
+  m = make('B', num_classes=0, image_size=224)  # ImageNet mean / std, as timm's files
+  m.checkpoint = ''
+  m.require_checkpoint = True
+  m.reinit_head = True
+  return m
+
+
 def paper_config(
-  *, k: int, batch_size: int, lr: float, drop_path: float, model_selection: bool
+  *,
+  k: int,
+  batch_size: int,
+  lr: float,
+  drop_path: float,
+  model_selection: bool,
+  backbone: str = 'vit_b16',
 ) -> ml_collections.ConfigDict:
-  """GPS on ViT-B/16 with the paper's schedule and one of the two protocols.
+  """GPS on a paper backbone (default ViT-B/16) with the paper's schedule and a protocol.
 
   ``model_selection=False``: train on trainval, report test after the last
   epoch. ``True``: train on train, evaluate val every 10 epochs (for model
@@ -125,7 +155,7 @@ def paper_config(
   c = experiment_config()
   paper_schedule(c)
   c.method = 'gps'
-  c.model = vit_b16_model()
+  c.model = backbone_model(backbone)
   c.model.drop_path_rate = drop_path
   c.data.batch_size = batch_size
   c.data.eval_batch_size = 256

@@ -202,3 +202,20 @@ def test_fgvc_recipe_runs_end_to_end_on_a_vpt_folder_with_mixup_and_ema(tmp_path
     assert np.isclose(saved[key] * 6, round(saved[key] * 6))
   assert saved['train_steps'] == 3 and saved['k'] == 2
   assert results['params']['head/kernel'].shape == (16, 3)
+
+
+@pytest.mark.parametrize('backbone,name', [('swin_b', 'swin'), ('convnext_b', 'convnext')])
+def test_fgvc_config_takes_the_table_4_backbones(backbone, name):
+  c = _config('fgvc.py', f'cub,{backbone}')
+  assert (c.model.name, c.model.variant, c.model.image_size) == (name, 'B', 224)
+  assert tuple(c.model.mean) == (0.485, 0.456, 0.406)  # timm's ImageNet-21k files
+  assert tuple(c.model.std) == (0.229, 0.224, 0.225)
+  assert c.model.require_checkpoint and not c.model.checkpoint
+  assert (c.gps.k, c.optim.lr, c.data.recipe) == (2, 3e-3, 'fgvc')  # the dataset's recipe
+  if name == 'swin':
+    assert c.model.window_size == 7 and c.model.embed_dim == 128
+  else:
+    assert tuple(c.model.dims) == (128, 256, 512, 1024)
+  assert _config('fgvc.py', 'cub,vit_b16').model.variant == 'B/16'
+  with pytest.raises(ValueError, match='choose one backbone'):
+    _config('fgvc.py', 'cub,swin_b,convnext_b')

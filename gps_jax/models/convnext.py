@@ -34,6 +34,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from gps_jax.models.model_config import module_fields, named_config, task_head
 from gps_jax.models.vit import _drop_path
 from gps_jax.roles import flat, unflat
 
@@ -226,12 +227,7 @@ class ConvNeXt(nn.Module):
       )(x, deterministic=not train)
     x = jnp.mean(x, axis=(1, 2))
     features = _layer_norm(self.dtype, 'final_norm')(x)
-    logits = None
-    if self.num_classes:
-      logits = nn.Dense(
-        self.num_classes, dtype=self.dtype, kernel_init=nn.initializers.zeros, name='head'
-      )(features)
-    return logits, features
+    return task_head(features, self.num_classes, self.dtype), features
 
 
 _CONVNEXT_FIELDS = (
@@ -259,23 +255,13 @@ def convnext_config(
   """Returns the model config of a named variant ('T', 'S', 'B', 'L'): name='convnext',
   variant, every ConvNeXt field and the ImageNet mean/std of timm's checkpoints;
   ``overrides`` replace any of them (an unknown key is an error)."""
-  cfg = dict(
-    name='convnext',
-    variant=variant,
-    num_classes=num_classes,
-    image_size=image_size,
-    **_variant_fields(variant),
-    drop_path_rate=0.0,
-    layer_scale_init=1e-6,
-    dtype='float32',
-    mean=IMAGENET_MEAN,
-    std=IMAGENET_STD,
+  defaults = dict(
+    drop_path_rate=0.0, layer_scale_init=1e-6, dtype='float32', mean=IMAGENET_MEAN, std=IMAGENET_STD
   )
-  unknown = sorted(set(overrides) - set(cfg))
-  if unknown:
-    raise ValueError(f'unknown ConvNeXt config keys {unknown}; known: {sorted(cfg)}')
-  cfg.update(overrides)
-  return ml_collections.ConfigDict(cfg)
+  return named_config(
+    'convnext', variant, _variant_fields, defaults, overrides, label='ConvNeXt',
+    num_classes=num_classes, image_size=image_size,
+  )  # fmt: skip
 
 
 def build_convnext(model_config) -> ConvNeXt:
@@ -283,20 +269,10 @@ def build_convnext(model_config) -> ConvNeXt:
   from ``variant`` when given; explicit non-None fields take precedence over the variant
   (``layer_scale_init`` None means the variant default 1e-6, as for every None field). Keys
   that are not ConvNeXt fields (name, variant, mean, std, anything else) are ignored."""
-  cfg = model_config.to_dict() if hasattr(model_config, 'to_dict') else dict(model_config)
-  if cfg.get('name', 'convnext') != 'convnext':
-    raise ValueError(
-      f"build_convnext needs a model config with name='convnext', got {cfg['name']!r}"
-    )
-  fields = _variant_fields(cfg['variant']) if cfg.get('variant') else {}
-  fields.update({k: cfg[k] for k in _CONVNEXT_FIELDS if cfg.get(k) is not None})
-  missing = [k for k in _CONVNEXT_FIELDS[:4] if k not in fields]
-  if missing:
-    raise ValueError(f'ConvNeXt model config lacks {missing} (and has no variant providing them)')
-  fields['depths'] = tuple(int(d) for d in fields['depths'])
-  fields['dims'] = tuple(int(d) for d in fields['dims'])
-  if isinstance(fields.get('dtype'), str):
-    fields['dtype'] = jnp.dtype(fields['dtype'])
+  fields = module_fields(
+    model_config, 'convnext', _CONVNEXT_FIELDS, _CONVNEXT_FIELDS[:4], _variant_fields,
+    label='ConvNeXt', int_tuples=('depths', 'dims'),
+  )  # fmt: skip
   return ConvNeXt(**fields)
 
 

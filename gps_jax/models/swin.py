@@ -38,6 +38,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from gps_jax.models.model_config import module_fields, named_config, task_head
 from gps_jax.models.vit import _drop_path
 from gps_jax.roles import flat, unflat
 
@@ -351,12 +352,7 @@ class SwinTransformer(nn.Module):
       )(x, deterministic=not train)
     x = _layer_norm('norm', self.dtype)(x)
     features = jnp.mean(x, axis=(1, 2))
-    logits = None
-    if self.num_classes:
-      logits = nn.Dense(
-        self.num_classes, dtype=self.dtype, kernel_init=nn.initializers.zeros, name='head'
-      )(features)
-    return logits, features
+    return task_head(features, self.num_classes, self.dtype), features
 
 
 # ----------------------------------------------------------------------------------------------
@@ -388,13 +384,8 @@ def swin_config(
   """Returns the model config of a named variant ('T', 'S', 'B', 'L'): name='swin',
   variant, every SwinTransformer field and timm's ImageNet mean/std; ``overrides`` replace
   any of them (an unknown key is an error)."""
-  cfg = dict(
-    name='swin',
-    variant=variant,
-    num_classes=num_classes,
-    image_size=image_size,
+  defaults = dict(
     patch_size=4,
-    **_variant_fields(variant),
     window_size=window_size,
     mlp_ratio=4.0,
     drop_path_rate=0.0,
@@ -402,29 +393,20 @@ def swin_config(
     mean=IMAGENET_DEFAULT_MEAN,
     std=IMAGENET_DEFAULT_STD,
   )
-  unknown = sorted(set(overrides) - set(cfg))
-  if unknown:
-    raise ValueError(f'unknown Swin config keys {unknown}; known: {sorted(cfg)}')
-  cfg.update(overrides)
-  return ml_collections.ConfigDict(cfg)
+  return named_config(
+    'swin', variant, _variant_fields, defaults, overrides, label='Swin',
+    num_classes=num_classes, image_size=image_size,
+  )  # fmt: skip
 
 
 def build_swin(model_config) -> SwinTransformer:
   """Builds a SwinTransformer from a model config (ConfigDict or mapping). Architecture
   fields come from ``variant`` when given; explicit non-None fields take precedence. Keys
   that are not SwinTransformer fields (name, variant, mean, std, ...) are ignored."""
-  cfg = model_config.to_dict() if hasattr(model_config, 'to_dict') else dict(model_config)
-  if cfg.get('name', 'swin') != 'swin':
-    raise ValueError(f"build_swin needs a model config with name='swin', got {cfg['name']!r}")
-  fields = _variant_fields(cfg['variant']) if cfg.get('variant') else {}
-  fields.update({k: cfg[k] for k in _SWIN_FIELDS if cfg.get(k) is not None})
-  missing = [k for k in _SWIN_FIELDS[:6] if k not in fields]
-  if missing:
-    raise ValueError(f'Swin model config lacks {missing} (and has no variant providing them)')
-  fields['depths'] = tuple(int(d) for d in fields['depths'])
-  fields['num_heads'] = tuple(int(h) for h in fields['num_heads'])
-  if isinstance(fields.get('dtype'), str):
-    fields['dtype'] = jnp.dtype(fields['dtype'])
+  fields = module_fields(
+    model_config, 'swin', _SWIN_FIELDS, _SWIN_FIELDS[:6], _variant_fields, label='Swin',
+    int_tuples=('depths', 'num_heads'),
+  )  # fmt: skip
   return SwinTransformer(**fields)
 
 

@@ -24,6 +24,8 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from gps_jax.models.model_config import module_fields, named_config, task_head
+
 LN_EPSILON = 1e-6  # vit_jax uses 1e-6, not flax's default 1e-5.
 
 # name -> (hidden_size, num_layers, num_heads, mlp_dim)
@@ -215,12 +217,7 @@ class ViT(nn.Module):
     if self.representation_size is not None:
       x = jnp.tanh(nn.Dense(self.representation_size, dtype=self.dtype, name='pre_logits')(x))
     features = x
-    logits = None
-    if self.num_classes:
-      logits = nn.Dense(
-        self.num_classes, dtype=self.dtype, kernel_init=nn.initializers.zeros, name='head'
-      )(features)
-    return logits, features
+    return task_head(features, self.num_classes, self.dtype), features
 
 
 _VIT_FIELDS = (
@@ -245,12 +242,7 @@ def vit_config(
   """Returns the model config of a named variant ('B/16', 'Ti/4', ...): name='vit',
   variant, every ViT field and the normalisation mean/std; ``overrides`` replace any of
   them (an unknown key is an error)."""
-  cfg = dict(
-    name='vit',
-    variant=variant,
-    num_classes=num_classes,
-    image_size=image_size,
-    **_parse_variant(variant),
+  defaults = dict(
     representation_size=None,
     dropout_rate=0.0,
     attention_dropout_rate=0.0,
@@ -259,25 +251,17 @@ def vit_config(
     mean=(0.5, 0.5, 0.5),
     std=(0.5, 0.5, 0.5),
   )
-  unknown = sorted(set(overrides) - set(cfg))
-  if unknown:
-    raise ValueError(f'unknown ViT config keys {unknown}; known: {sorted(cfg)}')
-  cfg.update(overrides)
-  return ml_collections.ConfigDict(cfg)
+  return named_config(
+    'vit', variant, _parse_variant, defaults, overrides, label='ViT', num_classes=num_classes,
+    image_size=image_size,
+  )  # fmt: skip
 
 
 def build_vit(model_config) -> ViT:
   """Builds a ViT from a model config (ConfigDict or mapping). Architecture fields come from
   ``variant`` when given; explicit non-None fields take precedence over the variant. Keys
   that are not ViT fields (name, variant, mean, std, anything else) are ignored."""
-  cfg = model_config.to_dict() if hasattr(model_config, 'to_dict') else dict(model_config)
-  if cfg.get('name', 'vit') != 'vit':
-    raise ValueError(f"build_vit needs a model config with name='vit', got {cfg['name']!r}")
-  fields = _parse_variant(cfg['variant']) if cfg.get('variant') else {}
-  fields.update({k: cfg[k] for k in _VIT_FIELDS if cfg.get(k) is not None})
-  missing = [k for k in _VIT_FIELDS[:7] if k not in fields]
-  if missing:
-    raise ValueError(f'ViT model config lacks {missing} (and has no variant providing them)')
-  if isinstance(fields.get('dtype'), str):
-    fields['dtype'] = jnp.dtype(fields['dtype'])
+  fields = module_fields(
+    model_config, 'vit', _VIT_FIELDS, _VIT_FIELDS[:7], _parse_variant, label='ViT'
+  )
   return ViT(**fields)

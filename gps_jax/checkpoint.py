@@ -3,12 +3,38 @@
 The saved tree is {'indices': {...}, 'train': {...}, 'delta': {...}}, each a
 nested dict in the parameter layout: int32 (neurons, K) indices and delta
 values of every selected leaf, and the trained leaves (head, biases, ...).
+
+Next to the checkpoint directory ``DIR`` lies its manifest ``DIR.manifest.json``
+(a sibling, not a member: orbax owns the directory and replaces it whole on
+every save). The manifest says what the delta applies to, so that
+``gps_jax.delta`` can rebuild, check and compose fine-tuned models from the
+delta alone::
+
+  {
+    "format": "gps_jax.delta/1",
+    "method": "gps",                # the run's method
+    "k": 1,                         # entries per neuron (null without selected leaves)
+    "model": {...},                 # the model config (config.model + num_classes)
+    "base": {"path": "/abs/base.npz" | null, "sha256": "<hex>" | null},
+    "fan_in_ndim": {leaf: int},     # leading fan-in axes of every delta leaf
+    "shapes": {leaf: [int, ...]},   # the base kernel shape of every delta leaf
+    "created": "2025-01-01T12:00:00+00:00"
+  }
+
+``base`` is null/null for a run from a random init: no file reproduces its base.
+The manifest is written atomically (a temporary file moved into place) after
+the checkpoint is complete; an older manifest is removed before a new save,
+so a manifest never describes another checkpoint than the one beside it.
 """
 
 from __future__ import annotations
 
+import datetime
+import hashlib
+import json
 import os
-from typing import Any, Mapping
+import tempfile
+from typing import Any, Mapping, Optional
 
 import jax
 import numpy as np
@@ -17,15 +43,138 @@ import orbax.checkpoint as ocp
 from gps_jax import roles as roles_lib
 
 PARTS = ('indices', 'train', 'delta')
+MANIFEST_FORMAT = 'gps_jax.delta/1'
+MANIFEST_SUFFIX = '.manifest.json'
+MANIFEST_KEYS = ('format', 'method', 'k', 'model', 'base', 'fan_in_ndim', 'shapes', 'created')
 
 
-def save_delta(path: str, result: Mapping[str, Mapping[str, Any]]) -> None:
-  """Writes the sparse result (flat {path: array} per part) to the directory `path`."""
-  tree = {part: roles_lib.unflat(jax.device_get(dict(result[part]))) for part in PARTS}
+def file_sha256(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
+  """Hex SHA-256 of a file, read in 1 MiB chunks."""
+  h = hashlib.sha256()
+  with open(path, 'rb') as f:
+    for chunk in iter(lambda: f.read(chunk_size), b''):
+      h.update(chunk)
+  return h.hexdigest()
+
+
+def manifest_path(path: str | os.PathLike) -> str:
+  """The manifest file of the delta checkpoint directory `path`: ``<path>.manifest.json``."""
+  path = os.path.abspath(os.fspath(path)).rstrip(os.sep)
+  return path + MANIFEST_SUFFIX
+
+
+def json_safe(obj: Any) -> Any:
+  """`obj` as plain JSON data: tuples become lists, NumPy scalars Python numbers, dtypes names."""
+  if isinstance(obj, Mapping):
+    return {str(k): json_safe(v) for k, v in obj.items()}
+  if isinstance(obj, (list, tuple)):
+    return [json_safe(v) for v in obj]
+  if obj is None or isinstance(obj, (bool, int, float, str)):
+    return obj
+  if isinstance(obj, np.generic):
+    return obj.item()
+  if isinstance(obj, np.ndarray):
+    return obj.tolist()
+  try:  # np.float32, jnp.bfloat16, np.dtype('float32'), ...
+    return np.dtype(obj).name
+  except TypeError:
+    return str(obj)
+
+
+def make_manifest(
+  *,
+  method: str,
+  k: Optional[int],
+  model: Mapping[str, Any],
+  base_path: Optional[str],
+  base_sha256: Optional[str],
+  select_roles: Mapping[str, roles_lib.LeafRole],
+) -> dict:
+  """A manifest (see the module doc) from the run's facts and its `select` leaf roles."""
+  return {
+    'format': MANIFEST_FORMAT,
+    'method': method,
+    'k': k,
+    'model': json_safe(dict(model)),
+    'base': {
+      'path': os.path.abspath(base_path) if base_path else None,
+      'sha256': base_sha256 or None,
+    },
+    'fan_in_ndim': {p: int(r.fan_in_ndim) for p, r in select_roles.items()},
+    'shapes': {p: [int(d) for d in r.shape] for p, r in select_roles.items()},
+    'created': datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
+  }
+
+
+def _check_manifest(manifest: Mapping, where: str) -> None:
+  if not isinstance(manifest, Mapping):
+    raise ValueError(f'{where}: the manifest must be a JSON object, got {type(manifest).__name__}')
+  if manifest.get('format') != MANIFEST_FORMAT:
+    raise ValueError(
+      f'{where}: manifest format {manifest.get("format")!r}; this gps_jax reads {MANIFEST_FORMAT!r}'
+    )
+  missing = [key for key in MANIFEST_KEYS if key not in manifest]
+  if missing:
+    raise ValueError(f'{where}: the manifest lacks {missing}')
+  base = manifest['base']
+  if not isinstance(base, Mapping) or set(base) != {'path', 'sha256'}:
+    raise ValueError(
+      f"{where}: manifest 'base' must be {{'path': ..., 'sha256': ...}}, got {base!r}"
+    )
+  for key in ('fan_in_ndim', 'shapes', 'model'):
+    if not isinstance(manifest[key], Mapping):
+      raise ValueError(f'{where}: manifest {key!r} must be a JSON object')
+  if set(manifest['fan_in_ndim']) != set(manifest['shapes']):
+    raise ValueError(f"{where}: manifest 'fan_in_ndim' and 'shapes' name different leaves")
+
+
+def write_json_atomic(path: str, obj: Any) -> None:
+  """Writes `obj` as JSON to a temporary file in the same folder, then moves it over `path`."""
+  fd, tmp = tempfile.mkstemp(
+    dir=os.path.dirname(os.path.abspath(path)), prefix=os.path.basename(path) + '.', suffix='.tmp'
+  )
+  try:
+    with os.fdopen(fd, 'w') as f:
+      json.dump(obj, f, indent=1, sort_keys=True)
+      f.write('\n')
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+    raise
+
+
+def save_delta(
+  path: str, result: Mapping[str, Mapping[str, Any]], manifest: Optional[Mapping] = None
+) -> None:
+  """Writes the sparse result (flat {path: array} per part) to the directory `path`.
+
+  With `manifest` (see the module doc; `make_manifest` builds one), also writes
+  ``<path>.manifest.json``; its `fan_in_ndim` must name exactly the delta leaves.
+  """
   path = os.path.abspath(path)
+  if manifest is not None:
+    manifest = json_safe(manifest)
+    _check_manifest(manifest, 'save_delta')
+    if set(manifest['fan_in_ndim']) != set(result['delta']):
+      raise ValueError(
+        f"save_delta: manifest 'fan_in_ndim' names {sorted(manifest['fan_in_ndim'])}, "
+        f'the delta has leaves {sorted(result["delta"])}'
+      )
+  tree = {part: roles_lib.unflat(jax.device_get(dict(result[part]))) for part in PARTS}
+  primary = jax.process_index() == 0  # orbax saves collectively; one process writes the manifest
+  if primary:  # never leave a manifest of the old checkpoint
+    try:
+      os.remove(manifest_path(path))
+    except FileNotFoundError:
+      pass
   with ocp.StandardCheckpointer() as ckptr:
     ckptr.save(path, tree, force=True)
     ckptr.wait_until_finished()
+  if manifest is not None and primary:
+    write_json_atomic(manifest_path(path), manifest)
 
 
 def load_delta(path: str) -> dict[str, dict[str, np.ndarray]]:
@@ -39,3 +188,27 @@ def load_delta(path: str) -> dict[str, dict[str, np.ndarray]]:
   if missing:
     raise ValueError(f'{path} is not a gps_jax delta checkpoint: it lacks {missing}')
   return {part: roles_lib.flat(tree[part]) if tree[part] else {} for part in PARTS}
+
+
+def parse_manifest(text: str, where: str) -> dict:
+  """A manifest from its JSON text; `where` names its source in errors."""
+  try:
+    manifest = json.loads(text)
+  except ValueError as e:
+    raise ValueError(f'{where}: not a valid JSON manifest: {e}') from None
+  _check_manifest(manifest, where)
+  return manifest
+
+
+def load_manifest(path: str) -> dict:
+  """The manifest of the delta checkpoint directory `path` (or of the manifest file itself)."""
+  path = os.fspath(path)
+  file = path if path.endswith(MANIFEST_SUFFIX) else manifest_path(path)
+  if not os.path.isfile(file):
+    raise FileNotFoundError(
+      f'no delta manifest {file}: the checkpoint {path} was written without one '
+      '(by an older gps_jax, or its run was interrupted)'
+    )
+  with open(file, encoding='utf-8') as f:
+    text = f.read()
+  return parse_manifest(text, file)

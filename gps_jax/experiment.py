@@ -18,6 +18,7 @@ from gps_jax import checkpoint
 from gps_jax import mask_stats
 from gps_jax import roles as roles_lib
 from gps_jax import selection
+from gps_jax import sharding as shard_lib
 from gps_jax import trainer as trainer_lib
 from gps_jax import weights
 from gps_jax.config_defaults import VIT_B16_I21K_FILE
@@ -92,6 +93,17 @@ def run(
   )
   # On the device once: the jitted steps would otherwise re-send host arrays every call.
   params = jax.device_put(load_backbone(config, model, model_config, rng_init))
+  # One device: plain jit. Several (GPUs, hosts, simulated CPUs): the config.mesh shardings.
+  mesh = shard_lib.make_mesh(config.get('mesh')) if jax.device_count() > 1 else None
+  if mesh is not None:
+    shard_lib.check_batch(config.data.batch_size, mesh)
+    shard_lib.check_batch(config.data.eval_batch_size, mesh, 'config.data.eval_batch_size')
+    if config.gps.get('batch_size'):
+      shard_lib.check_batch(config.gps.batch_size, mesh, 'config.gps.batch_size')
+    printer(f'[{config.method}] mesh {dict(mesh.shape)} over {mesh.size} devices')
+  # The delta's manifest names the base file by content: a delta only applies to it.
+  base_path = config.model.get('checkpoint', '')
+  base_sha256 = checkpoint.file_sha256(base_path) if base_path else None
   roles = roles_lib.assign_roles(
     params, method_rules(config), config.get('fan_in_rules') or roles_lib.DEFAULT_FAN_IN_RULES
   )
@@ -123,7 +135,13 @@ def run(
         **_processes(),
       )
       scores, select_info = selection.accumulate_scores(
-        model.apply, params, roles, batches, rng_select, temperature=config.gps.temperature
+        model.apply,
+        params,
+        roles,
+        batches,
+        rng_select,
+        temperature=config.gps.temperature,
+        mesh=mesh,
       )
     elif source == 'random':
       scores = selection.random_scores(roles, rng_select)
@@ -157,6 +175,7 @@ def run(
     num_classes=num_classes,
     total_steps=total_steps,
     mode=config.train.get('update_mode', 'sparse'),
+    mesh=mesh,
   )
 
   split_names = {'train': train_split.name}
@@ -206,7 +225,15 @@ def run(
   if use_ema:  # The recipe's model is the moving average: it is what we report and save.
     state = state.replace(trainable=state.ema)
   result = tuner.sparse_result(params, state)
-  checkpoint.save_delta(os.path.join(workdir, 'checkpoint'), result)
+  manifest = checkpoint.make_manifest(
+    method=config.method,
+    k=k if has_select else None,
+    model=model_config,
+    base_path=base_path,
+    base_sha256=base_sha256,
+    select_roles=roles_lib.leaves_with_role(roles, 'select'),
+  )
+  checkpoint.save_delta(os.path.join(workdir, 'checkpoint'), result, manifest)
   trainable_count = stats['trainable']
   results = {
     'method': config.method,

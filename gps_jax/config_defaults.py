@@ -26,6 +26,10 @@ def experiment_config() -> ml_collections.ConfigDict:
   # {method: nested overrides}, e.g. {'full': {'optim': {'lr': 1e-3}}}.
   c.method_overrides = {}
 
+  # Device mesh, used when there is more than one device: batches split over all of
+  # them, every other array over 'fsdp' (gps_jax/sharding.py); -1 = the rest.
+  c.mesh = ml_collections.ConfigDict({'data': -1, 'fsdp': 1})
+
   c.model = ml_collections.ConfigDict()
   c.model.name = 'vit'
   c.model.variant = 'B/16'

@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gps_jax import roles as roles_lib
+from gps_jax import sharding as shard_lib
 from gps_jax.losses import l2_normalize, supcon_loss
 
 log = logging.getLogger(__name__)
@@ -26,14 +27,18 @@ SCORE_SOURCES = ('supcon', 'random', 'magnitude')
 
 
 def make_score_step(
-  apply_fn: Callable, candidates: Iterable[str], temperature: float = 0.07
+  apply_fn: Callable,
+  candidates: Iterable[str],
+  temperature: float = 0.07,
+  shardings: tuple | None = None,
 ) -> Callable:
   """Returns a jitted `step(scores, params, batch, rng) -> (scores, loss)`.
 
   `params` and `scores` are flat {path: array} dicts; `scores` holds the
   candidate leaves only and its buffers are donated. `batch['image']` is
   (2B, H, W, C) — the first B rows are the first views — and
-  `batch['label']` is (B,).
+  `batch['label']` is (B,). `shardings` = (scores, params, batch) shardings
+  jits the step with explicit in/out shardings on their mesh.
   """
   candidates = tuple(candidates)
 
@@ -52,7 +57,16 @@ def make_score_step(
     scores = {p: scores[p] + grads[p].astype(scores[p].dtype) for p in candidates}
     return scores, loss
 
-  return jax.jit(step, donate_argnums=(0,))
+  if shardings is None:
+    return jax.jit(step, donate_argnums=(0,))
+  scores_sh, params_sh, batch_sh = shardings
+  repl = shard_lib.replicated(batch_sh.mesh)
+  return jax.jit(
+    step,
+    in_shardings=(scores_sh, params_sh, batch_sh, repl),
+    out_shardings=(scores_sh, repl),
+    donate_argnums=(0,),
+  )
 
 
 def accumulate_scores(
@@ -63,17 +77,30 @@ def accumulate_scores(
   rng: jax.Array,
   temperature: float = 0.07,
   log_every: int = 0,
+  mesh=None,
 ) -> tuple[dict[str, jax.Array], dict[str, float]]:
   """One pass of SupCon gradients over `batches`, summed (signed) per candidate.
 
   Returns the scores {path: array} of every `select` leaf and statistics
-  (batches, images, mean loss).
+  (batches, images, mean loss). With a `mesh`, the batches are split over all
+  its devices and the scores are sharded like their kernels.
   """
   candidates = list(roles_lib.leaves_with_role(roles, 'select'))
   scores = {p: jnp.zeros(params[p].shape, jnp.float32) for p in candidates}
-  step = make_score_step(apply_fn, candidates, temperature)
+  shardings = None
+  if mesh is not None:
+    shardings = (
+      shard_lib.tree_shardings(mesh, scores),
+      shard_lib.tree_shardings(mesh, dict(params)),
+      shard_lib.batch_sharding(mesh),
+    )
+    scores = jax.device_put(scores, shardings[0])
+    params = jax.device_put(dict(params), shardings[1])
+  step = make_score_step(apply_fn, candidates, temperature, shardings)
   losses, images = [], 0
   for i, batch in enumerate(batches):
+    if mesh is not None:  # this process's share -> global arrays over the mesh
+      batch = shard_lib.put_batch(batch, mesh)
     scores, loss = step(scores, params, batch, jax.random.fold_in(rng, i))
     losses.append(loss)
     images += int(batch['image'].shape[0])

@@ -21,8 +21,10 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
+from jax.sharding import Mesh
 
 from gps_jax import optim
+from gps_jax import sharding as shard_lib
 from gps_jax import roles as roles_lib
 from gps_jax import selection
 from gps_jax import sparse
@@ -55,6 +57,7 @@ class MaskedFinetuner:
     num_classes: int,
     total_steps: int,
     mode: str = 'sparse',
+    mesh: Mesh | None = None,
   ):
     if mode not in MODES:
       raise ValueError(f'config.train.update_mode={mode!r}: use one of {MODES}')
@@ -80,6 +83,9 @@ class MaskedFinetuner:
       self.tx = optax.masked(inner, has_entries)
     else:
       self.tx = inner
+    self.mesh = mesh
+    # Without a mesh: plain jit on the default device. With one, init() rebuilds
+    # the steps with explicit in/out shardings once the shapes are known.
     self.train_step = jax.jit(self._train_step, donate_argnums=(0,))
     self.compose_jit = jax.jit(self.compose)
     self.eval_step = jax.jit(self._eval_step)
@@ -106,7 +112,36 @@ class MaskedFinetuner:
       opt_state=self.tx.init(trainable),
       ema=jax.tree.map(jnp.copy, trainable) if self.ema_decay else None,
     )
+    if self.mesh is not None:
+      state, frozen, aux = self._shard(state, frozen, aux, params)
     return state, frozen, aux
+
+  def device_batch(self, batch: Mapping) -> Mapping:
+    """This process's host batch as global arrays on the mesh (as is without one)."""
+    return batch if self.mesh is None else shard_lib.put_batch(batch, self.mesh)
+
+  def _shard(self, state, frozen, aux, params):
+    """Places the parts on the mesh and jits the steps with explicit shardings."""
+    mesh = self.mesh
+    state_sh, frozen_sh, aux_sh = (shard_lib.tree_shardings(mesh, t) for t in (state, frozen, aux))
+    params_sh = shard_lib.tree_shardings(mesh, params)
+    batch_sh, repl = shard_lib.batch_sharding(mesh), shard_lib.replicated(mesh)
+    self.train_step = jax.jit(
+      self._train_step,
+      in_shardings=(state_sh, frozen_sh, aux_sh, batch_sh, repl),
+      out_shardings=(state_sh, repl),
+      donate_argnums=(0,),
+    )
+    self.compose_jit = jax.jit(
+      self.compose,
+      in_shardings=(frozen_sh, aux_sh, state_sh.trainable),
+      out_shardings=params_sh,
+    )
+    self.eval_step = jax.jit(
+      self._eval_step, in_shardings=(params_sh, batch_sh), out_shardings=(repl, repl)
+    )
+    put = jax.device_put
+    return put(state, state_sh), put(frozen, frozen_sh), put(aux, aux_sh)
 
   def compose(self, frozen, aux, trainable) -> dict[str, jax.Array]:
     """Full flat parameters from the parts."""
@@ -201,7 +236,7 @@ class MaskedFinetuner:
     params = self.compose_jit(frozen, aux, state.ema if ema else state.trainable)
     correct = count = 0
     for batch in batches:
-      c, n = self.eval_step(params, batch)
+      c, n = self.eval_step(params, self.device_batch(batch))
       correct += int(c)
       count += int(n)
     if not count:
@@ -247,7 +282,7 @@ def fit(
   t_log, images_since = time.perf_counter(), 0
   for step in range(1, num_steps + 1):
     batch = next(train_batches)
-    state, metrics = tuner.train_step(state, frozen, aux, batch, rng)
+    state, metrics = tuner.train_step(state, frozen, aux, tuner.device_batch(batch), rng)
     images_since += int(batch['label'].shape[0])
     if step % log_every == 0 or step == num_steps:
       m = jax.device_get(metrics)

@@ -1,0 +1,86 @@
+"""Device mesh and shardings: one rule for every array of a run.
+
+The mesh has two axes, ``data`` and ``fsdp`` (``config.mesh``, sizes with -1
+for "all remaining devices"). Batches are split over both axes (every device
+sees its share of the examples). Every other array — the frozen base, the
+trained leaves, the (neurons, K) delta values and indices, the optimizer
+moments, the selection scores — is split over ``fsdp`` along its largest axis
+that the fsdp size divides (the first such axis on ties: the neuron axis of a
+(neurons, K) delta), and replicated when no axis divides; scalars are
+replicated. Because the rule depends on the shape alone, an Adam moment is
+always laid out like the array it tracks, and the scores like their kernels.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+AXES = ('data', 'fsdp')
+
+
+def make_mesh(spec: Mapping[str, int] | None = None, devices=None) -> Mesh:
+  """A ('data', 'fsdp') mesh over `devices` (default: all); -1 takes the rest."""
+  devices = list(jax.devices() if devices is None else devices)
+  spec = dict(spec or {'data': -1, 'fsdp': 1})
+  unknown = sorted(set(spec) - set(AXES))
+  if unknown:
+    raise ValueError(f'config.mesh has unknown axes {unknown}; use {AXES}')
+  sizes = [int(spec.get(a, 1)) for a in AXES]
+  if sizes.count(-1) > 1 or any(s == 0 or s < -1 for s in sizes):
+    raise ValueError(f'config.mesh={spec}: sizes must be positive, at most one -1')
+  known = math.prod(s for s in sizes if s != -1)
+  if -1 in sizes:
+    if len(devices) % known:
+      raise ValueError(f'config.mesh={spec} does not divide {len(devices)} devices')
+    sizes[sizes.index(-1)] = len(devices) // known
+  if math.prod(sizes) != len(devices):
+    raise ValueError(f'config.mesh={spec} needs {math.prod(sizes)} devices, found {len(devices)}')
+  return Mesh(np.array(devices).reshape(sizes), AXES)
+
+
+def array_spec(shape, fsdp: int) -> P:
+  """'fsdp' on the largest axis it divides (first on ties); replicated otherwise."""
+  if fsdp == 1 or not shape:
+    return P()
+  best = None
+  for axis, size in enumerate(shape):
+    if size % fsdp == 0 and (best is None or size > shape[best]):
+      best = axis
+  if best is None:
+    return P()
+  return P(*[('fsdp' if a == best else None) for a in range(len(shape))])
+
+
+def tree_shardings(mesh: Mesh, tree: Any) -> Any:
+  """The NamedSharding of every array (or ShapeDtypeStruct) leaf of `tree`."""
+  fsdp = mesh.shape['fsdp']
+  return jax.tree.map(lambda x: NamedSharding(mesh, array_spec(np.shape(x), fsdp)), tree)
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+  """Leading (example) axis over every device of the mesh."""
+  return NamedSharding(mesh, P(AXES))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P())
+
+
+def check_batch(batch_size: int, mesh: Mesh, what: str = 'config.data.batch_size') -> None:
+  if batch_size % mesh.size:
+    raise ValueError(f'{what}={batch_size} must be a multiple of the {mesh.size} mesh devices')
+
+
+def put_batch(batch: Mapping[str, np.ndarray], mesh: Mesh) -> dict:
+  """A host batch (this process's share) as global arrays split over the mesh."""
+  sharding = batch_sharding(mesh)
+  return {
+    k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in batch.items()
+  }

@@ -1,0 +1,92 @@
+"""Run in a subprocess by tests/test_sharding.py: selection + 20 train steps, sharded or not.
+
+XLA_FLAGS=--xla_force_host_platform_device_count=8 python tests/sharded_run.py OUT.npz
+"""
+
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from gps_jax import roles as roles_lib
+from gps_jax import selection
+from gps_jax import sharding as shard_lib
+from gps_jax.config_defaults import experiment_config
+from gps_jax.models import ViT
+from gps_jax.trainer import MaskedFinetuner
+
+from tiny import TINY, random_params
+
+K, STEPS, B = 2, 20, 8
+MESHES = {'single': None, 'data4_fsdp2': {'data': 4, 'fsdp': 2}, 'fsdp8': {'data': 1, 'fsdp': 8}}
+
+
+def batches(seed):
+  rng = np.random.default_rng(seed)
+  two_view = [
+    {
+      'image': rng.normal(size=(2 * B, 8, 8, 3)).astype(np.float32),
+      'label': rng.integers(0, 3, size=B).astype(np.int32),
+    }
+    for _ in range(3)
+  ]
+  train = [
+    {
+      'image': rng.normal(size=(B, 8, 8, 3)).astype(np.float32),
+      'label': rng.integers(0, 5, size=B).astype(np.int32),
+    }
+    for _ in range(STEPS)
+  ]
+  return two_view, train
+
+
+def run(mesh_spec, params, two_view, train):
+  model = ViT(**TINY)
+  mesh = None if mesh_spec is None else shard_lib.make_mesh(mesh_spec)
+  roles = roles_lib.assign_roles(roles_lib.unflat(params))
+  scores, _ = selection.accumulate_scores(
+    model.apply, params, roles, two_view, jax.random.PRNGKey(0), mesh=mesh
+  )
+  indices = selection.select_neuron_indices(scores, K, roles)
+  cfg = experiment_config()
+  cfg.optim.lr, cfg.optim.warmup_steps = 1e-2, 0
+  # The key bias has an exactly-zero true gradient (softmax is shift-invariant): with
+  # Adam's eps 1e-8 the rounding noise of any reduction order becomes full-size steps.
+  cfg.optim.eps = 1e-4
+  tuner = MaskedFinetuner(
+    model.apply, roles, indices, cfg, num_classes=5, total_steps=STEPS, mesh=mesh
+  )
+  state, frozen, aux = tuner.init(params)
+  sharded = sorted(p for p, v in frozen.items() if 'fsdp' in str(getattr(v.sharding, 'spec', '')))
+  losses = []
+  for b in train:
+    state, m = tuner.train_step(state, frozen, aux, b, jax.random.PRNGKey(1))
+    losses.append(float(m['loss']))
+  final = tuner.compose_jit(frozen, aux, state.trainable)
+  acc = tuner.evaluate(frozen, aux, state, [{**train[0], 'mask': np.ones(B, bool)}])
+  out = {f'indices/{p}': np.asarray(v) for p, v in indices.items()}
+  out.update({f'final/{p}': np.asarray(v) for p, v in final.items()})
+  out['losses'] = np.asarray(losses)
+  out['accuracy'] = np.asarray(acc)
+  out['num_sharded_frozen'] = np.asarray(len(sharded))
+  out['devices'] = np.asarray(1 if mesh is None else mesh.size)
+  return out
+
+
+def main(path):
+  model = ViT(**TINY)
+  shapes = jax.eval_shape(
+    lambda r: model.init(r, jnp.zeros((1, 8, 8, 3)), train=False), jax.random.PRNGKey(0)
+  )['params']
+  params = random_params(shapes)
+  two_view, train = batches(0)
+  results = {}
+  for name, spec in MESHES.items():
+    for k, v in run(spec, params, two_view, train).items():
+      results[f'{name}:{k}'] = v
+  np.savez(path, **results)
+
+
+if __name__ == '__main__':
+  main(sys.argv[1])

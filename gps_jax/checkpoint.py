@@ -41,6 +41,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from gps_jax import roles as roles_lib
+from gps_jax import sharding as shard_lib
 
 PARTS = ('indices', 'train', 'delta')
 MANIFEST_FORMAT = 'gps_jax.delta/1'
@@ -163,7 +164,8 @@ def save_delta(
         f"save_delta: manifest 'fan_in_ndim' names {sorted(manifest['fan_in_ndim'])}, "
         f'the delta has leaves {sorted(result["delta"])}'
       )
-  tree = {part: roles_lib.unflat(jax.device_get(dict(result[part]))) for part in PARTS}
+  host = shard_lib.to_host({part: dict(result[part]) for part in PARTS})
+  tree = {part: roles_lib.unflat(host[part]) for part in PARTS}
   primary = jax.process_index() == 0  # orbax saves collectively; one process writes the manifest
   if primary:  # never leave a manifest of the old checkpoint
     try:

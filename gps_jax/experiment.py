@@ -109,7 +109,9 @@ def run(
   )
   k = config.gps.k
   stats = mask_stats.mask_statistics(roles, k)
-  mask_stats.save(stats, os.path.join(workdir, 'mask_stats.json'))
+  writer = jax.process_index() == 0  # one process writes files and logs
+  if writer:
+    mask_stats.save(stats, os.path.join(workdir, 'mask_stats.json'))
   printer(mask_stats.format_table(stats))
 
   train_split = splits_lib.open_split(config.data, config.data.train_split)
@@ -267,7 +269,8 @@ def run(
     # Model selection (e.g. of hyper-parameters) uses these, never the test split.
     results['best_val_accuracy'] = out['best']['val' + suffix]
     results['final_val_accuracy'] = out['final']['val' + suffix]
-  with open(os.path.join(workdir, 'results.json'), 'w') as f:
-    json.dump(results, f, indent=1)
+  if writer:
+    with open(os.path.join(workdir, 'results.json'), 'w') as f:
+      json.dump(results, f, indent=1)
   results['params'] = tuner.compose_jit(out['frozen'], out['aux'], state.trainable)
   return results

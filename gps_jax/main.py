@@ -2,7 +2,12 @@
 
 Stages: load backbone → select → fine-tune → evaluate. Override any config
 field with --config.<key>=<value>, e.g. --config.gps.k=2 --config.method=linear.
+Several processes (hosts): start the same command on each with
+--coordinator_address=HOST:PORT --num_processes=N --process_id=I; every process
+reads its share of the data, process 0 writes the files and the log.
 """
+
+import os
 
 from absl import app
 from absl import flags
@@ -20,11 +25,42 @@ flags.DEFINE_string(
   None,
   'Directory for results.json, mask_stats.json and the checkpoint of the trainable state.',
 )
+flags.DEFINE_string(
+  'coordinator_address',
+  None,
+  'Multi-process runs: host:port of process 0 (jax.distributed). Unset: a single process, '
+  'unless the environment configures jax.distributed (e.g. SLURM, or the '
+  'JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID variables).',
+)
+flags.DEFINE_integer('num_processes', None, 'Multi-process runs: the number of processes.')
+flags.DEFINE_integer('process_id', None, 'Multi-process runs: this process, 0 .. num_processes-1.')
 flags.mark_flags_as_required(['config', 'workdir'])
+
+_ENV = ('JAX_COORDINATOR_ADDRESS', 'JAX_NUM_PROCESSES', 'JAX_PROCESS_ID')
 
 
 def _print(msg: str) -> None:
   print(msg, flush=True)
+
+
+def init_distributed() -> None:
+  """jax.distributed from the flags or the environment; nothing for a single process."""
+  import jax
+
+  if FLAGS.coordinator_address is None and not any(os.environ.get(v) for v in _ENV):
+    return
+  # CPU processes exchange collectives over gloo (GPUs use NCCL by themselves).
+  jax.config.update('jax_cpu_collectives_implementation', 'gloo')
+  jax.distributed.initialize(
+    coordinator_address=FLAGS.coordinator_address or os.environ.get(_ENV[0]),
+    num_processes=FLAGS.num_processes or _env_int(_ENV[1]),
+    process_id=FLAGS.process_id if FLAGS.process_id is not None else _env_int(_ENV[2]),
+  )
+
+
+def _env_int(name: str):
+  value = os.environ.get(name)
+  return int(value) if value else None
 
 
 def main(argv):
@@ -32,7 +68,11 @@ def main(argv):
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   if not FLAGS['verbosity'].present:
     logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
-  sweep.run_config(FLAGS.config, FLAGS.workdir, _print)
+  init_distributed()
+  import jax
+
+  printer = _print if jax.process_index() == 0 else (lambda msg: None)
+  sweep.run_config(FLAGS.config, FLAGS.workdir, printer)
 
 
 if __name__ == '__main__':

@@ -42,13 +42,17 @@ def make_score_step(
   """
   candidates = tuple(candidates)
 
+  # Each process contributes a view-major block [first views; second views] of its
+  # own examples, so a global batch is P such blocks, in process order.
+  blocks = jax.process_count()
+
   def loss_fn(cand, rest, images, labels, rng):
     params = roles_lib.unflat({**rest, **cand})
     _, features = apply_fn({'params': params}, images, train=True, rngs={'dropout': rng})
     z = l2_normalize(features.astype(jnp.float32))
-    b = labels.shape[0]
-    z = jnp.swapaxes(z.reshape(2, b, -1), 0, 1)  # (B, 2 views, D)
-    return supcon_loss(z, labels, temperature)
+    b = labels.shape[0] // blocks
+    z = jnp.swapaxes(z.reshape(blocks, 2, b, -1), 1, 2)  # (P, b, 2 views, D)
+    return supcon_loss(z.reshape(blocks * b, 2, -1), labels, temperature)
 
   def step(scores, params, batch, rng):
     cand = {p: params[p] for p in candidates}
@@ -94,8 +98,8 @@ def accumulate_scores(
       shard_lib.tree_shardings(mesh, dict(params)),
       shard_lib.batch_sharding(mesh),
     )
-    scores = jax.device_put(scores, shardings[0])
-    params = jax.device_put(dict(params), shardings[1])
+    scores = shard_lib.put_tree(scores, shardings[0])
+    params = shard_lib.put_tree(dict(params), shardings[1])
   step = make_score_step(apply_fn, candidates, temperature, shardings)
   losses, images = [], 0
   for i, batch in enumerate(batches):

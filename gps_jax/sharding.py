@@ -84,3 +84,28 @@ def put_batch(batch: Mapping[str, np.ndarray], mesh: Mesh) -> dict:
   return {
     k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in batch.items()
   }
+
+
+def put_tree(tree: Any, shardings: Any) -> Any:
+  """Places a tree (the same values on every process) on the mesh.
+
+  With several processes each one passes its host copy, from which it keeps the
+  shards of its own devices.
+  """
+  if jax.process_count() == 1:
+    return jax.device_put(tree, shardings)
+  host = jax.device_get(tree)
+  return jax.tree.map(
+    lambda x, s: jax.make_array_from_callback(np.shape(x), s, lambda idx: np.asarray(x)[idx]),
+    host,
+    shardings,
+  )
+
+
+def to_host(tree: Any) -> Any:
+  """numpy copies of a tree of (possibly multi-process) arrays, on every process."""
+  if jax.process_count() == 1:
+    return jax.device_get(tree)
+  from jax.experimental import multihost_utils
+
+  return multihost_utils.process_allgather(tree, tiled=True)

@@ -13,6 +13,7 @@ import json
 import os
 from typing import Callable
 
+import jax
 import ml_collections
 import numpy as np
 
@@ -96,7 +97,7 @@ def run_config(
       res.pop('params')
       res['seed'] = seed
       rows.append(res)
-  if len(rows) > 1:
+  if len(rows) > 1 and jax.process_index() == 0:
     table = format_comparison(rows)
     printer('\n' + table)
     with open(os.path.join(workdir, 'comparison.json'), 'w') as f:

@@ -140,7 +140,7 @@ class MaskedFinetuner:
     self.eval_step = jax.jit(
       self._eval_step, in_shardings=(params_sh, batch_sh), out_shardings=(repl, repl)
     )
-    put = jax.device_put
+    put = shard_lib.put_tree
     return put(state, state_sh), put(frozen, frozen_sh), put(aux, aux_sh)
 
   def compose(self, frozen, aux, trainable) -> dict[str, jax.Array]:

@@ -14,10 +14,12 @@ import hashlib
 import os
 from typing import Callable
 
+import jax
 import ml_collections
 
 from gps_jax import experiment
 from gps_jax import roles as roles_lib
+from gps_jax import sharding as shard_lib
 from gps_jax.vit_npz import save_vit_npz
 
 
@@ -49,8 +51,15 @@ def ensure_upstream(
     return path
   printer(f'[upstream] pretraining the backbone (cached afterwards at {path})')
   res = experiment.run(upstream, os.path.join(workdir, 'upstream'), printer)
-  backbone = {p: v for p, v in res['params'].items() if not p.startswith('head/')}
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  save_vit_npz(path, roles_lib.unflat(backbone))
+  backbone = shard_lib.to_host(
+    {p: v for p, v in res['params'].items() if not p.startswith('head/')}
+  )
+  if jax.process_index() == 0:  # one writer; the others wait for the file
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    save_vit_npz(path, roles_lib.unflat(backbone))
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+
+    multihost_utils.sync_global_devices(f'upstream saved {path}')
   printer(f'[upstream] test accuracy {res["test_accuracy"]:.4f}; saved {path}')
   return path

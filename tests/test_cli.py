@@ -126,3 +126,58 @@ def test_cli_on_8_simulated_devices_matches_one_device(tmp_path):
   ra = json.loads((tmp_path / 'one' / 'results.json').read_text())
   rb = json.loads((tmp_path / 'eight' / 'results.json').read_text())
   assert ra['test_accuracy'] == rb['test_accuracy']
+
+
+def _free_port():
+  import socket
+
+  with socket.socket() as s:
+    s.bind(('127.0.0.1', 0))
+    return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_processes_on_localhost_match_one_process(tmp_path):
+  """jax.distributed over 127.0.0.1 (gloo): each process reads its slice of every batch,
+  process 0 writes; the mask and the delta equal the single-process run's."""
+  cache = tmp_path / 'cache'
+  one = ('--config.compare_methods=()', '--config.method=gps')
+  _run(tmp_path / 'one', cache, *one)
+  port = _free_port()
+  env = dict(os.environ, GPS_JAX_CACHE=str(cache), JAX_PLATFORMS='cpu')
+  procs = [
+    subprocess.Popen(
+      [
+        sys.executable,
+        '-m',
+        'gps_jax.main',
+        '--config=configs/demo.py',
+        f'--workdir={tmp_path / "two"}',
+        *TINY,
+        *one,
+        f'--coordinator_address=127.0.0.1:{port}',
+        '--num_processes=2',
+        f'--process_id={i}',
+      ],
+      cwd=REPO,
+      env=env,
+      stdout=subprocess.PIPE,
+      stderr=subprocess.STDOUT,
+      text=True,
+    )  # fmt: skip
+    for i in range(2)
+  ]
+  outs = [p.communicate(timeout=600)[0] for p in procs]
+  assert [p.returncode for p in procs] == [0, 0], outs[0][-3000:] + outs[1][-3000:]
+  assert 'final:' in outs[0] and 'final:' not in outs[1]  # one writer of the log
+  a = checkpoint.load_delta(str(tmp_path / 'one' / 'checkpoint'))
+  b = checkpoint.load_delta(str(tmp_path / 'two' / 'checkpoint'))
+  for k in a['indices']:
+    np.testing.assert_array_equal(a['indices'][k], b['indices'][k], err_msg=k)
+  for part in ('delta', 'train'):
+    for k in a[part]:
+      if not k.endswith('/key/bias'):  # see test_cli_on_8_simulated_devices_matches_one_device
+        np.testing.assert_allclose(a[part][k], b[part][k], atol=1e-6, err_msg=k)
+  ra = json.loads((tmp_path / 'one' / 'results.json').read_text())
+  rb = json.loads((tmp_path / 'two' / 'results.json').read_text())
+  assert ra['test_accuracy'] == rb['test_accuracy']

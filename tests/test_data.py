@@ -324,15 +324,15 @@ def test_two_view_batches(rgb):
 def test_two_view_is_view_major():
   """Row j is view 0 and row B + j view 1 of the j-th image, per the seed recipe.
 
-  input_pipeline.two_view_batches seeds the example at position p of the pass
-  with [seed, 0] folded with int64 3, process_index and p, and its view v with int32 v.
+  input_pipeline.two_view_batches seeds the example at (global) position p of the
+  pass with [seed, 0] folded with int64 3, 0 (`_GLOBAL`) and p, and its view v with int32 v.
   """
   x, y = _random_images(12, rgb=True, seed=3)
   batches = _two_view(x, y, seed=7, batch_size=4)
   assert len(batches) == 3
   fold = tf.random.experimental.stateless_fold_in
   int64 = lambda i: tf.constant(i, tf.int64)  # fold_in depends on the dtype of the data
-  base = fold(fold(tf.constant([7, 0], tf.int64), int64(3)), int64(0))  # (seed, 3, process 0)
+  base = fold(fold(tf.constant([7, 0], tf.int64), int64(3)), int64(0))  # (seed, 3, 0)
   for k, b in enumerate(batches[:2]):
     for j, i in enumerate(b['label']):
       image = tf.constant(x[i], tf.float32) / 255.0

@@ -8,19 +8,23 @@ Three iterators, all yielding numpy dicts:
 
 Determinism: every random choice is derived from the ``seed`` argument (epoch
 e is shuffled with a seed drawn from (seed, e); the augmentation of the example
-at position p of epoch e uses a stateless seed drawn from (seed, process, e,
-p)), so the same seed gives the same batches, and a run can restart at any step
+at global position p of epoch e uses a stateless seed drawn from (seed, e, p)
+and nothing else),
+so the same seed gives the same batches, and a run can restart at any step
 without replaying earlier epochs (``start_step``). ``Dataset.shuffle`` also
 mixes in TensorFlow's global seed: gps_jax never sets it, and a caller that
 calls ``tf.random.set_seed`` changes the order (augmentations are unaffected).
 
-Multi-host: process ``process_index`` of ``process_count`` reads every
-``process_count``-th example (``Dataset.shard``) and makes batches of
-``batch_size // process_count``: the global batch is laid out process-major,
-ready for ``jax.make_array_from_process_local_data`` on a data-parallel mesh.
-Every process makes the same number of steps per epoch (from the smallest
-shard) and, in evaluation, the same number of batches (padding with masked
-entries).
+Multi-host: every process orders the split the same way (the seeds do not
+depend on the process) and keeps, of each global batch, its own slice of
+``batch_size // process_count`` examples: process p takes the positions
+[p * b, (p + 1) * b) of every global batch of B = P * b. Only those are decoded
+and augmented. The global batch, laid out process-major (as
+``jax.make_array_from_process_local_data`` assembles it), is therefore exactly
+the batch a single process would make, augmentations included: a run gives the
+same selection and training on 1 process or P. Evaluation pads the split to
+whole global batches with masked entries, so every process yields the same
+number of batches and every example counts once.
 
 Image functions map a uint8 (H, W, 3) image to normalised float32 (S, S, 3):
 ``recipe_image_fns(recipe, ...)`` gives the train and eval functions of a
@@ -50,6 +54,10 @@ EvalImageFn = Callable[[tf.Tensor], tf.Tensor]  # uint8 image -> f32
 RECIPES = ('resize', 'fgvc')
 _AUTO = tf.data.AUTOTUNE
 _MAX_SEED = 2**62
+# Folded into the augmentation seeds before the position. Seeds once also folded the
+# process index here; positions are global now, and this constant (the old value in a
+# single-process run) keeps every seed, and so every result, of single-process runs.
+_GLOBAL = 0
 
 
 def _normalise(x: tf.Tensor, mean, std) -> tf.Tensor:
@@ -97,21 +105,20 @@ def local_batch_size(batch_size: int, process_count: int) -> int:
   return batch_size // process_count
 
 
-def shard_size(num_examples: int, process_count: int) -> int:
-  """Examples every process is sure to have: the smallest shard of the split."""
-  return num_examples // process_count
-
-
 def steps_per_epoch(num_examples: int, batch_size: int, process_count: int = 1) -> int:
-  """Full global batches per epoch (each process drops its incomplete last batch)."""
-  return shard_size(num_examples, process_count) // local_batch_size(batch_size, process_count)
+  """Full global batches per epoch (the incomplete last one is dropped)."""
+  local_batch_size(batch_size, process_count)  # validates the division
+  return num_examples // batch_size
 
 
-def _shard(split: Split, process_index: int, process_count: int) -> tf.data.Dataset:
+def _check_process(process_index: int, process_count: int) -> None:
   if not 0 <= process_index < process_count:
     raise ValueError(f'process_index {process_index} not in [0, {process_count})')
-  ds = split.dataset
-  return ds.shard(process_count, process_index) if process_count > 1 else ds
+
+
+def _mine(position, batch_size: int, local: int, process_index: int):
+  """Whether global position `position` falls in this process's slice of its batch."""
+  return (position % batch_size) // local == process_index
 
 
 def _seed_pair(seed: int, *ints) -> tf.Tensor:
@@ -160,37 +167,39 @@ def train_batches(
 ) -> Iterator[Batch]:
   """Endless training batches {'image': (b, S, S, 3) f32, 'label': (b,) i32}, b = local batch.
 
-  Epoch e is this process's shard shuffled with a seed drawn from (seed, e)
-  (``shuffle_buffer`` 0: a buffer as large as the shard, a full permutation),
-  cut to whole batches. ``start_step`` starts at that global step, as if the
-  earlier batches had been drawn. ``cache`` keeps the (undecoded) shard in
-  memory after the first epoch.
+  Epoch e is the split shuffled with a seed drawn from (seed, e) (``shuffle_buffer``
+  0: a buffer as large as the split, a full permutation), cut to whole global
+  batches, of which this process keeps its slice. ``start_step`` starts at that
+  global step, as if the earlier batches had been drawn. ``cache`` keeps the
+  (undecoded) split in memory after the first epoch.
   """
   local = local_batch_size(batch_size, process_count)
-  per_process = shard_size(split.num_examples, process_count)
-  steps = per_process // local
+  _check_process(process_index, process_count)
+  steps = steps_per_epoch(split.num_examples, batch_size, process_count)
   if steps == 0:
     raise ValueError(
       f'{split.name}: batch size {batch_size} is larger than the split '
-      f'({split.num_examples} examples over {process_count} process(es))'
+      f'({split.num_examples} examples)'
     )
   if start_step < 0:
     raise ValueError(f'start_step must be >= 0, got {start_step}')
-  base = _shard(split, process_index, process_count)
-  if cache:
-    base = base.cache()
-  buffer = shuffle_buffer or per_process + 1
+  base = split.dataset.cache() if cache else split.dataset
+  buffer = shuffle_buffer or split.num_examples + 1
   first_epoch, skip = divmod(start_step, steps)
 
   def epoch(e):
     ds = base.shuffle(buffer, seed=_scalar_seed(_seed_pair(seed, 0, e))).enumerate()
-    # filter, not take/skip: the epoch reads the whole shard, so cache() completes.
-    first = tf.where(e == first_epoch, tf.constant(skip * local, tf.int64), 0)
-    ds = ds.filter(lambda p, ex: (p >= first) & (p < steps * local))
-    return ds.map(lambda p, ex: (e, p, ex))
+    # filter, not take/skip: the epoch reads the whole split, so cache() completes.
+    first = tf.where(e == first_epoch, tf.constant(skip * batch_size, tf.int64), 0)
+    ds = ds.filter(
+      lambda q, ex: (
+        (q >= first) & (q < steps * batch_size) & _mine(q, batch_size, local, process_index)
+      )
+    )
+    return ds.map(lambda q, ex: (e, q, ex))
 
-  def load(e, p, ex):
-    image = image_fn(split.decode(ex['image']), _seed_pair(seed, 1, process_index, e, p))
+  def load(e, q, ex):
+    image = image_fn(split.decode(ex['image']), _seed_pair(seed, 1, _GLOBAL, e, q))
     return {'image': image, 'label': tf.cast(ex['label'], tf.int32)}
 
   ds = tf.data.Dataset.counter(first_epoch).flat_map(epoch)
@@ -200,8 +209,8 @@ def train_batches(
 
 def num_eval_batches(num_examples: int, batch_size: int, process_count: int = 1) -> int:
   """Batches every process yields in one evaluation pass (the same on all)."""
-  local = local_batch_size(batch_size, process_count)
-  return math.ceil(math.ceil(num_examples / process_count) / local)
+  local_batch_size(batch_size, process_count)  # validates the division
+  return math.ceil(num_examples / batch_size)
 
 
 def eval_batches(
@@ -213,14 +222,15 @@ def eval_batches(
   process_index: int = 0,
   process_count: int = 1,
 ) -> Iterator[Batch]:
-  """One in-order pass of this process's shard, {'image', 'label', 'mask'}.
+  """One in-order pass, {'image', 'label', 'mask'}: this process's slice of each batch.
 
-  Padded to :func:`num_eval_batches` batches of ``batch_size // process_count``
-  with zero images whose 'mask' is False; every real example appears exactly
-  once over all processes with 'mask' True.
+  The split is padded to :func:`num_eval_batches` global batches with zero
+  images whose 'mask' is False; every real example appears exactly once over
+  all processes with 'mask' True.
   """
   local = local_batch_size(batch_size, process_count)
-  total = num_eval_batches(split.num_examples, batch_size, process_count) * local
+  _check_process(process_index, process_count)
+  total = num_eval_batches(split.num_examples, batch_size, process_count) * batch_size
 
   def load(ex):
     image = image_fn(split.decode(ex['image']))
@@ -233,8 +243,13 @@ def eval_batches(
       'mask': False,
     }
   ).repeat()
-  ds = _shard(split, process_index, process_count).map(load, num_parallel_calls=_AUTO)
-  ds = ds.concatenate(pad).take(total).batch(local)
+  ds = split.dataset.enumerate().filter(lambda q, ex: _mine(q, batch_size, local, process_index))
+  ds = ds.map(lambda q, ex: load(ex), num_parallel_calls=_AUTO)
+  # This process's share of the padding: its slice of the padded tail.
+  mine = sum(
+    1 for q in range(split.num_examples, total) if (q % batch_size) // local == process_index
+  )
+  ds = ds.concatenate(pad.take(mine)).batch(local)
   return _NamedErrors(ds.prefetch(_AUTO).as_numpy_iterator(), split)
 
 
@@ -251,24 +266,28 @@ def two_view_batches(
 ) -> Iterator[Batch]:
   """One shuffled pass of SupCon pairs {'image': (2b, S, S, 3), 'label': (b,)}.
 
-  Rows [0, b) are the first views of the b images and rows [b, 2b) the second
-  views in the same order (view-major, as ``torch.cat(torch.unbind(f, dim=1))``);
-  the last incomplete batch is dropped (drop_last, as in the original).
+  Rows [0, b) are the first views of this process's b images and rows [b, 2b)
+  the second views in the same order (view-major, as
+  ``torch.cat(torch.unbind(f, dim=1))``); a global batch is P such blocks, which
+  the score step unfolds. The last incomplete global batch is dropped (drop_last,
+  as in the original).
   """
   local = local_batch_size(batch_size, process_count)
-  per_process = shard_size(split.num_examples, process_count)
-  if per_process < local:
+  _check_process(process_index, process_count)
+  steps = steps_per_epoch(split.num_examples, batch_size, process_count)
+  if steps == 0:
     raise ValueError(
       f'{split.name}: selection batch size {batch_size} is larger than the split '
-      f'({split.num_examples} examples over {process_count} process(es))'
+      f'({split.num_examples} examples)'
     )
-  ds = _shard(split, process_index, process_count)
-  ds = ds.shuffle(per_process + 1, seed=_scalar_seed(_seed_pair(seed, 2)))
-  ds = ds.take((per_process // local) * local).enumerate()
+  ds = split.dataset.shuffle(split.num_examples + 1, seed=_scalar_seed(_seed_pair(seed, 2)))
+  ds = ds.enumerate().filter(
+    lambda q, ex: (q < steps * batch_size) & _mine(q, batch_size, local, process_index)
+  )
 
   def views(p, ex):
     image = tf.cast(split.decode(ex['image']), tf.float32) / 255.0
-    example_seed = _seed_pair(seed, 3, process_index, p)
+    example_seed = _seed_pair(seed, 3, _GLOBAL, p)
     fold_in = tf.random.experimental.stateless_fold_in
     pair = [supcon_augment(image, fold_in(example_seed, v), image_size) for v in (0, 1)]
     return _normalise(tf.stack(pair), mean, std), tf.cast(ex['label'], tf.int32)

@@ -214,3 +214,66 @@ def load_manifest(path: str) -> dict:
   with open(file, encoding='utf-8') as f:
     text = f.read()
   return parse_manifest(text, file)
+
+
+# ----------------------------------------------------------------------------- resumable runs
+
+
+class TrainCheckpoints:
+  """Periodic checkpoints of a run in ``directory`` (an orbax CheckpointManager).
+
+  Each step directory holds the trainable state only — the step, the delta
+  values and trained leaves (head, biases), the optimizer state and the EMA —
+  plus the selection's indices and a JSON ``meta`` item (config, base file
+  SHA-256, mask statistics). Nothing dense from the backbone. The data
+  position is the step: the input pipeline restarts at any step.
+  ``keep`` newest steps are kept; a step that fails to restore is reported with
+  the steps that remain, none of which is deleted.
+  """
+
+  def __init__(self, directory: str, keep: int = 2):
+    self.directory = os.path.abspath(directory)
+    self.manager = ocp.CheckpointManager(
+      self.directory,
+      options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True),
+    )
+
+  def latest_step(self) -> int | None:
+    return self.manager.latest_step()
+
+  def save(self, step: int, state: Any, indices: Mapping, meta: Mapping) -> None:
+    items = {
+      'state': ocp.args.StandardSave(state),
+      'meta': ocp.args.JsonSave(json_safe(dict(meta))),
+    }
+    if indices:  # methods without selection (full, linear, bitfit) have none
+      host = shard_lib.to_host(dict(indices))
+      items['indices'] = ocp.args.StandardSave(roles_lib.unflat(host))
+    self.manager.save(step, args=ocp.args.Composite(**items), force=True)
+    self.manager.wait_until_finished()
+
+  def _restore(self, step: int, **args):
+    try:
+      return self.manager.restore(step, args=ocp.args.Composite(**args))
+    except Exception as e:  # a damaged or partial step directory
+      others = [s for s in self.manager.all_steps() if s != step]
+      raise ValueError(
+        f'cannot restore the checkpoint of step {step} in {self.directory} '
+        f'({type(e).__name__}: {e}); the other steps there are {others}: delete '
+        f'{os.path.join(self.directory, str(step))} to resume from the latest of them'
+      ) from e
+
+  def restore_indices(self, step: int) -> dict:
+    if not os.path.isdir(os.path.join(self.directory, str(step), 'indices')):
+      return {}
+    got = self._restore(step, indices=ocp.args.StandardRestore(None))
+    return {p: np.asarray(v) for p, v in roles_lib.flat(got['indices']).items()}
+
+  def restore_state(self, step: int, target: Any) -> Any:
+    return self._restore(step, state=ocp.args.StandardRestore(target))['state']
+
+  def restore_meta(self, step: int) -> dict:
+    return self._restore(step, meta=ocp.args.JsonRestore())['meta']
+
+  def close(self) -> None:
+    self.manager.close()

@@ -80,6 +80,10 @@ def experiment_config() -> ml_collections.ConfigDict:
   c.train.mix_switch_prob = 0.5  # cutmix instead of mixup, when both are on
   c.train.ema_decay = 0.0  # EMA of the trainable weights; > 0 reports and saves the EMA
   c.train.log_every = 50
+  # Checkpoints of the trainable state in <workdir>/train_state every N steps (0: at
+  # the end only); a rerun in the same workdir resumes from the latest.
+  c.train.checkpoint_every_steps = 0
+  c.train.keep_checkpoints = 2
   c.train.eval_every_epochs = 10.0
 
   c.optim = ml_collections.ConfigDict()

@@ -121,7 +121,16 @@ def run(
   t0 = time.perf_counter()
   has_select = bool(roles_lib.leaves_with_role(roles, 'select'))
   select_info = {}
-  if has_select:
+  # A run restarted in the same workdir continues from its latest checkpoint.
+  ckpts = checkpoint.TrainCheckpoints(
+    os.path.join(workdir, 'train_state'), keep=config.train.get('keep_checkpoints', 2)
+  )
+  start_step = ckpts.latest_step() or 0
+  if start_step:
+    printer(f'[{config.method}] resuming from the checkpoint of step {start_step}')
+    indices = ckpts.restore_indices(start_step) if has_select else {}
+    select_info = {'restored_from_step': start_step}
+  elif has_select:
     source = config.gps.get('score') or METHOD_SCORES.get(config.method)
     if source == 'supcon':
       printer(
@@ -198,6 +207,7 @@ def run(
   final_sets = {'test': eval_maker('test', config.data.test_split)}
   train_iter = pipeline.train_batches(
     train_split,
+    start_step=start_step,
     batch_size=bs,
     image_fn=train_image,
     seed=data_seed,
@@ -209,18 +219,29 @@ def run(
     f'[{config.method}] fine-tuning {total_steps} steps '
     f'({config.train.get("update_mode", "sparse")} mode)'
   )
-  out = trainer_lib.fit(
-    tuner,
-    params,
-    train_iter,
-    total_steps,
-    rng_train,
-    eval_sets=eval_sets,
-    final_sets=final_sets,
-    eval_every=int(config.train.get('eval_every_epochs', 0) * steps_per_epoch),
-    log_every=config.train.get('log_every', 50),
-    printer=printer,
-  )
+  meta = {
+    'config': config.to_dict(),
+    'base': {'path': base_path or None, 'sha256': base_sha256},
+    'mask_stats': {k: v for k, v in stats.items() if k != 'leaves'},
+  }
+  try:
+    out = trainer_lib.fit(
+      tuner,
+      params,
+      train_iter,
+      total_steps,
+      rng_train,
+      eval_sets=eval_sets,
+      final_sets=final_sets,
+      eval_every=int(config.train.get('eval_every_epochs', 0) * steps_per_epoch),
+      log_every=config.train.get('log_every', 50),
+      printer=printer,
+      restore=(lambda target: ckpts.restore_state(start_step, target)) if start_step else None,
+      save=lambda step, state: ckpts.save(step, state, indices, meta),
+      save_every=config.train.get('checkpoint_every_steps', 0),
+    )
+  finally:
+    ckpts.close()  # waits for pending writes; orbax's threads must not outlive the run
 
   state = out['state']
   use_ema = bool(tuner.ema_decay)

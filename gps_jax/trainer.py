@@ -256,8 +256,17 @@ def fit(
   eval_every: int = 0,
   log_every: int = 50,
   printer: Callable[[str], None] = print,
+  restore: Callable[[TrainState], TrainState] | None = None,
+  save: Callable[[int, TrainState], None] | None = None,
+  save_every: int = 0,
 ) -> dict:
   """Trains for `num_steps` steps of `train_batches`.
+
+  `restore(initial_state)` returns the state to continue from (its `step` says
+  where; `train_batches` must start at that step). `save(step, state)` is
+  called every `save_every` steps and after the last one, each time only
+  after checking that the loss is finite, so a NaN or inf stops the run with
+  the last good checkpoint in place.
 
   `eval_sets` (e.g. validation) are evaluated every `eval_every` steps and at
   the end; `final_sets` (e.g. test) only at the end, so that nothing can be
@@ -268,6 +277,9 @@ def fit(
   `eval_sets` split, and the training wall time.
   """
   state, frozen, aux = tuner.init(params)
+  if restore is not None:
+    state = restore(state)
+  start = int(jax.device_get(state.step))
   eval_sets, final_sets = dict(eval_sets), dict(final_sets)
 
   def evaluate(sets):
@@ -280,16 +292,21 @@ def fit(
 
   history, t0 = [], time.perf_counter()
   t_log, images_since = time.perf_counter(), 0
-  for step in range(1, num_steps + 1):
+  for step in range(start + 1, num_steps + 1):
     batch = next(train_batches)
     state, metrics = tuner.train_step(state, frozen, aux, tuner.device_batch(batch), rng)
     images_since += int(batch['label'].shape[0])
-    if step % log_every == 0 or step == num_steps:
+    saving = save is not None and ((save_every and step % save_every == 0) or step == num_steps)
+    if step % log_every == 0 or step == num_steps or saving:
       m = jax.device_get(metrics)
       if not np.isfinite(m['loss']):
         raise FloatingPointError(
-          f'loss is {m["loss"]} at step {step}; lower the lr (config.optim.lr) or check the data'
+          f'loss is {m["loss"]} at step {step}; lower the lr (config.optim.lr) or check the '
+          'data. The last checkpoint written before this step is kept.'
         )
+    if saving:
+      save(step, state)
+    if step % log_every == 0 or step == num_steps:
       now = time.perf_counter()
       printer(
         f'  step {step:>6}/{num_steps}  loss {m["loss"]:.4f}  acc {m["accuracy"]:.3f}  '

@@ -181,3 +181,39 @@ def test_two_processes_on_localhost_match_one_process(tmp_path):
   ra = json.loads((tmp_path / 'one' / 'results.json').read_text())
   rb = json.loads((tmp_path / 'two' / 'results.json').read_text())
   assert ra['test_accuracy'] == rb['test_accuracy']
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_to_the_same_delta(tmp_path):
+  """SIGKILL mid-training, rerun the same command: it resumes from the latest checkpoint
+  and ends with the delta of an uninterrupted run."""
+  import signal
+  import time
+
+  cache = tmp_path / 'cache'
+  args = (
+    '--config.compare_methods=()', '--config.method=gps', '--config.train.steps=120',
+    '--config.train.checkpoint_every_steps=10', '--config.train.log_every=10',
+  )  # fmt: skip
+  _run(tmp_path / 'full', cache, *args)  # also fills the upstream cache
+  cmd = [sys.executable, '-m', 'gps_jax.main', '--config=configs/demo.py',
+         f'--workdir={tmp_path / "killed"}', *TINY, *args]  # fmt: skip
+  env = dict(os.environ, GPS_JAX_CACHE=str(cache))
+  proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+  steps_dir = tmp_path / 'killed' / 'train_state'
+  deadline = time.time() + 300
+  while time.time() < deadline and not (steps_dir / '20').is_dir():
+    time.sleep(0.05)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  saved = sorted(int(p.name) for p in steps_dir.iterdir() if p.name.isdigit())
+  assert saved and saved[-1] < 120, saved  # killed mid-training
+  out = _run(tmp_path / 'killed', cache, *args)
+  assert f'resuming from the checkpoint of step {saved[-1]}' in out
+  a = checkpoint.load_delta(str(tmp_path / 'full' / 'checkpoint'))
+  b = checkpoint.load_delta(str(tmp_path / 'killed' / 'checkpoint'))
+  for k in a['indices']:
+    np.testing.assert_array_equal(a['indices'][k], b['indices'][k], err_msg=k)
+  for part in ('delta', 'train'):
+    for k in a[part]:
+      np.testing.assert_allclose(a[part][k], b[part][k], atol=1e-6, rtol=0, err_msg=k)

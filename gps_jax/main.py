@@ -29,8 +29,8 @@ flags.DEFINE_string(
   'coordinator_address',
   None,
   'Multi-process runs: host:port of process 0 (jax.distributed). Unset: a single process, '
-  'unless the environment configures jax.distributed (e.g. SLURM, or the '
-  'JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID variables).',
+  'unless the JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID variables '
+  'give the same three values.',
 )
 flags.DEFINE_integer('num_processes', None, 'Multi-process runs: the number of processes.')
 flags.DEFINE_integer('process_id', None, 'Multi-process runs: this process, 0 .. num_processes-1.')

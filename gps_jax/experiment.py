@@ -237,7 +237,9 @@ def run(
       log_every=config.train.get('log_every', 50),
       printer=printer,
       restore=(lambda target: ckpts.restore_state(start_step, target)) if start_step else None,
-      save=lambda step, state: ckpts.save(step, state, indices, meta),
+      save=lambda step, state: ckpts.save(
+        step, state, indices, {**meta, 'data_position': {'step': step, 'examples': step * bs}}
+      ),
       save_every=config.train.get('checkpoint_every_steps', 0),
     )
   finally:

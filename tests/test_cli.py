@@ -208,6 +208,13 @@ def test_killed_run_resumes_to_the_same_delta(tmp_path):
   proc.wait()
   saved = sorted(int(p.name) for p in steps_dir.iterdir() if p.name.isdigit())
   assert saved and saved[-1] < 120, saved  # killed mid-training
+  from gps_jax.checkpoint import TrainCheckpoints
+
+  ckpts = TrainCheckpoints(str(steps_dir))
+  meta = ckpts.restore_meta(saved[-1])
+  ckpts.close()
+  assert meta['data_position'] == {'step': saved[-1], 'examples': saved[-1] * 32}
+  assert meta['base']['sha256'] and meta['mask_stats']['k'] == 2
   out = _run(tmp_path / 'killed', cache, *args)
   assert f'resuming from the checkpoint of step {saved[-1]}' in out
   a = checkpoint.load_delta(str(tmp_path / 'full' / 'checkpoint'))

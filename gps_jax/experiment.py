@@ -63,6 +63,33 @@ def load_backbone(config: ml_collections.ConfigDict, model, model_config, rng: j
   return roles_lib.flat(params)
 
 
+# Config keys a resumed run may change: they do not alter what is trained.
+_RESUME_FREE = ('train.log_every', 'train.checkpoint_every_steps', 'train.keep_checkpoints')
+
+
+def _flat_config(d, prefix=''):
+  out = {}
+  for k, v in d.items():
+    if isinstance(v, dict):
+      out.update(_flat_config(v, f'{prefix}{k}.'))
+    else:
+      out[f'{prefix}{k}'] = v
+  return out
+
+
+def _check_resumable(ckpts, step: int, config: ml_collections.ConfigDict) -> None:
+  """Refuses to resume checkpoints written under another config."""
+  saved = _flat_config(ckpts.restore_meta(step).get('config', {}))
+  now = _flat_config(checkpoint.json_safe(config.to_dict()))
+  changed = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
+  changed = [k for k in changed if k not in _RESUME_FREE]
+  if changed:
+    raise ValueError(
+      f'{ckpts.directory} holds checkpoints of a run with another config (changed: '
+      f'{", ".join(changed)}); use a new --workdir, or delete that directory to start over'
+    )
+
+
 def _processes() -> dict:
   return {'process_index': jax.process_index(), 'process_count': jax.process_count()}
 
@@ -127,6 +154,7 @@ def run(
   )
   start_step = ckpts.latest_step() or 0
   if start_step:
+    _check_resumable(ckpts, start_step, config)
     printer(f'[{config.method}] resuming from the checkpoint of step {start_step}')
     indices = ckpts.restore_indices(start_step) if has_select else {}
     select_info = {'restored_from_step': start_step}

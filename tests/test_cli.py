@@ -224,3 +224,19 @@ def test_killed_run_resumes_to_the_same_delta(tmp_path):
   for part in ('delta', 'train'):
     for k in a[part]:
       np.testing.assert_allclose(a[part][k], b[part][k], atol=1e-6, rtol=0, err_msg=k)
+
+
+@pytest.mark.slow
+def test_resuming_under_another_config_is_refused(tmp_path):
+  cache = tmp_path / 'cache'
+  args = ('--config.compare_methods=()', '--config.method=gps', '--config.train.steps=10',
+          '--config.train.checkpoint_every_steps=5')  # fmt: skip
+  _run(tmp_path / 'run', cache, *args)
+  out = _run(tmp_path / 'run', cache, *args, '--config.train.log_every=1')  # harmless change
+  assert 'resuming from the checkpoint of step 10' in out
+  env = dict(os.environ, GPS_JAX_CACHE=str(cache))
+  cmd = [sys.executable, '-m', 'gps_jax.main', '--config=configs/demo.py',
+         f'--workdir={tmp_path / "run"}', *TINY, *args, '--config.gps.k=3']  # fmt: skip
+  proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+  assert proc.returncode != 0
+  assert 'holds checkpoints of a run with another config (changed: gps.k)' in proc.stderr

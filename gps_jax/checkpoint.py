@@ -33,7 +33,6 @@ import datetime
 import hashlib
 import json
 import os
-import tempfile
 from typing import Any, Mapping, Optional
 
 import jax
@@ -41,6 +40,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from gps_jax import roles as roles_lib
+from gps_jax.files import write_atomic
 from gps_jax import sharding as shard_lib
 
 PARTS = ('indices', 'train', 'delta')
@@ -131,20 +131,12 @@ def _check_manifest(manifest: Mapping, where: str) -> None:
 
 def write_json_atomic(path: str, obj: Any) -> None:
   """Writes `obj` as JSON to a temporary file in the same folder, then moves it over `path`."""
-  fd, tmp = tempfile.mkstemp(
-    dir=os.path.dirname(os.path.abspath(path)), prefix=os.path.basename(path) + '.', suffix='.tmp'
-  )
-  try:
-    with os.fdopen(fd, 'w') as f:
-      json.dump(obj, f, indent=1, sort_keys=True)
-      f.write('\n')
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
+
+  def write(f):
+    json.dump(obj, f, indent=1, sort_keys=True)
+    f.write('\n')
+
+  write_atomic(path, write, binary=False)
 
 
 def save_delta(

@@ -25,13 +25,13 @@ from __future__ import annotations
 import logging
 import math
 import os
-import tempfile
 from typing import Any, Mapping, Optional
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from gps_jax.files import write_atomic
 from gps_jax.roles import flat, unflat
 
 POSEMB_KEY = 'Transformer/posembed_input/pos_embedding'
@@ -50,19 +50,7 @@ def save_vit_npz(path: str | os.PathLike, params: Mapping) -> None:
     if array.dtype.kind not in 'fiub':
       raise ValueError(f'cannot save {name!r} to {path}: dtype {array.dtype} is not numeric')
     arrays[name] = array
-  fd, tmp = tempfile.mkstemp(
-    dir=os.path.dirname(os.path.abspath(path)), prefix=os.path.basename(path) + '.', suffix='.tmp'
-  )
-  try:
-    with os.fdopen(fd, 'wb') as f:
-      np.savez(f, **arrays)
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
+  write_atomic(path, lambda f: np.savez(f, **arrays))
 
 
 def _read_npz(path: str) -> dict[str, np.ndarray]:

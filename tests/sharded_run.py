@@ -6,7 +6,6 @@ XLA_FLAGS=--xla_force_host_platform_device_count=8 python tests/sharded_run.py O
 import sys
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from gps_jax import roles as roles_lib
@@ -16,7 +15,7 @@ from gps_jax.config_defaults import experiment_config
 from gps_jax.models import ViT
 from gps_jax.trainer import MaskedFinetuner
 
-from tiny import TINY, random_params
+from tiny import TINY, random_params, tiny_shapes
 
 K, STEPS, B = 2, 20, 8
 MESHES = {'single': None, 'data4_fsdp2': {'data': 4, 'fsdp': 2}, 'fsdp8': {'data': 1, 'fsdp': 8}}
@@ -75,11 +74,7 @@ def run(mesh_spec, params, two_view, train):
 
 
 def main(path):
-  model = ViT(**TINY)
-  shapes = jax.eval_shape(
-    lambda r: model.init(r, jnp.zeros((1, 8, 8, 3)), train=False), jax.random.PRNGKey(0)
-  )['params']
-  params = random_params(shapes)
+  params = random_params(tiny_shapes())
   two_view, train = batches(0)
   results = {}
   for name, spec in MESHES.items():

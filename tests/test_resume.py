@@ -3,7 +3,6 @@
 import os
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -13,15 +12,13 @@ from gps_jax.config_defaults import experiment_config
 from gps_jax.models import ViT
 from gps_jax.trainer import MaskedFinetuner, fit
 
-from tiny import TINY, random_params
+from tiny import TINY, random_params, tiny_shapes
 
 
 @pytest.fixture(scope='module')
 def setup():
   model = ViT(**TINY)
-  shapes = jax.eval_shape(
-    lambda r: model.init(r, jnp.zeros((1, 8, 8, 3)), train=False), jax.random.PRNGKey(0)
-  )['params']
+  shapes = tiny_shapes()
   params = random_params(shapes)
   roles = roles_lib.assign_roles(shapes)
   rng = np.random.default_rng(0)

@@ -40,6 +40,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from gps_jax import roles as roles_lib
+from gps_jax import tree as tree_lib
 from gps_jax.files import write_atomic
 from gps_jax import sharding as shard_lib
 
@@ -157,7 +158,7 @@ def save_delta(
         f'the delta has leaves {sorted(result["delta"])}'
       )
   host = shard_lib.to_host({part: dict(result[part]) for part in PARTS})
-  tree = {part: roles_lib.unflat(host[part]) for part in PARTS}
+  tree = {part: tree_lib.unflat(host[part]) for part in PARTS}
   primary = jax.process_index() == 0  # orbax saves collectively; one process writes the manifest
   if primary:  # never leave a manifest of the old checkpoint
     try:
@@ -181,7 +182,7 @@ def load_delta(path: str) -> dict[str, dict[str, np.ndarray]]:
   missing = [p for p in PARTS if p not in tree]
   if missing:
     raise ValueError(f'{path} is not a gps_jax delta checkpoint: it lacks {missing}')
-  return {part: roles_lib.flat(tree[part]) if tree[part] else {} for part in PARTS}
+  return {part: tree_lib.flat(tree[part]) if tree[part] else {} for part in PARTS}
 
 
 def parse_manifest(text: str, where: str) -> dict:
@@ -240,7 +241,7 @@ class TrainCheckpoints:
     }
     if indices:  # methods without selection (full, linear, bitfit) have none
       host = shard_lib.to_host(dict(indices))
-      items['indices'] = ocp.args.StandardSave(roles_lib.unflat(host))
+      items['indices'] = ocp.args.StandardSave(tree_lib.unflat(host))
     self.manager.save(step, args=ocp.args.Composite(**items), force=True)
     self.manager.wait_until_finished()
 
@@ -259,7 +260,7 @@ class TrainCheckpoints:
     if not os.path.isdir(os.path.join(self.directory, str(step), 'indices')):
       return {}
     got = self._restore(step, indices=ocp.args.StandardRestore(None))
-    return {p: np.asarray(v) for p, v in roles_lib.flat(got['indices']).items()}
+    return {p: np.asarray(v) for p, v in tree_lib.flat(got['indices']).items()}
 
   def restore_state(self, step: int, target: Any) -> Any:
     return self._restore(step, state=ocp.args.StandardRestore(target))['state']

@@ -65,7 +65,6 @@ import argparse
 import dataclasses
 import json
 import os
-import re
 import sys
 import tempfile
 import warnings
@@ -76,7 +75,7 @@ import numpy as np
 
 from gps_jax import checkpoint
 from gps_jax import mask_stats
-from gps_jax import roles as roles_lib
+from gps_jax import tree as tree_lib
 from gps_jax import sparse
 
 RULES = ('sum', 'mean', 'error')
@@ -93,11 +92,6 @@ NON_ARCH_KEYS = (
   'dropout_rate',
   'attention_dropout_rate',
 )
-_HEAD = re.compile(mask_stats.HEAD_REGEX)
-
-
-def _is_head(path: str) -> bool:
-  return bool(_HEAD.search(path))
 
 
 # ----------------------------------------------------------------------------- loading
@@ -296,10 +290,10 @@ def check_base(
 
 def _num_classes(train: Mapping[str, np.ndarray], manifest: Mapping) -> int:
   for p, v in train.items():
-    if _is_head(p) and p.endswith('kernel'):
+    if tree_lib.is_head(p) and p.endswith('kernel'):
       return int(v.shape[-1])
   for p, v in train.items():
-    if _is_head(p) and p.endswith('bias'):
+    if tree_lib.is_head(p) and p.endswith('bias'):
       return int(v.shape[-1])
   return int(manifest['model'].get('num_classes') or 0)
 
@@ -310,7 +304,7 @@ def load_base(base_path: str, model_config: Mapping, num_classes: int) -> dict[s
 
   config = {**model_config, 'num_classes': int(num_classes)}
   params = weights.load_checkpoint(base_path, config)
-  return {p: np.asarray(v, np.float32) for p, v in roles_lib.flat(params).items()}
+  return {p: np.asarray(v, np.float32) for p, v in tree_lib.flat(params).items()}
 
 
 def _check_leaves(d: Delta, base: Mapping[str, np.ndarray], heads: bool = True) -> None:
@@ -322,7 +316,7 @@ def _check_leaves(d: Delta, base: Mapping[str, np.ndarray], heads: bool = True) 
     elif base[p].shape != shape:
       problems.append(f'delta leaf {p}: base {base[p].shape}, manifest {shape}')
   for p, v in d.train.items():
-    if not heads and _is_head(p):
+    if not heads and tree_lib.is_head(p):
       continue
     if p not in base:
       problems.append(f'trained leaf {p} is not in the base')
@@ -356,7 +350,7 @@ def write_npz(path: str, params: Mapping[str, np.ndarray]) -> None:
   """A dense gps_jax-layout .npz of flat params (atomic)."""
   from gps_jax.vit_npz import save_vit_npz
 
-  save_vit_npz(path, roles_lib.unflat(dict(params)))
+  save_vit_npz(path, tree_lib.unflat(dict(params)))
 
 
 # ----------------------------------------------------------------------------- compose
@@ -395,7 +389,7 @@ def check_compatible(deltas: Sequence[Delta]) -> None:
     for p, v in d.train.items():
       if kind.setdefault(p, 'trained') != 'trained':
         problems.append(f'{p}: trained in full in {d.source}, selected in another delta')
-      elif not _is_head(p) and shapes.setdefault(p, v.shape) != v.shape:
+      elif not tree_lib.is_head(p) and shapes.setdefault(p, v.shape) != v.shape:
         problems.append(f'{p}: shape {v.shape} in {d.source}, {shapes[p]} before')
   if problems:
     raise ValueError('the deltas cannot be composed:\n  ' + '\n  '.join(problems))
@@ -435,7 +429,7 @@ def overlap_report(deltas: Sequence[Delta]) -> dict:
       'shared': int(np.count_nonzero(counts >= 2)),
     }
   trained = {}
-  for p in sorted({p for d in deltas for p in d.train if not _is_head(p)}):
+  for p in sorted({p for d in deltas for p in d.train if not tree_lib.is_head(p)}):
     trained[p] = sum(p in d.train for d in deltas)
   return {
     'leaves': leaves,
@@ -453,7 +447,7 @@ def _choose_head(
     if head_from is not None:
       raise ValueError('give either --head-from or --no-head, not both')
     return {}, 'none (--no-head)'
-  heads = [{p: v for p, v in d.train.items() if _is_head(p)} for d in deltas]
+  heads = [{p: v for p, v in d.train.items() if tree_lib.is_head(p)} for d in deltas]
   if head_from is not None:
     if not 0 <= head_from < len(deltas):
       raise ValueError(f'--head-from={head_from}: give 0 to {len(deltas) - 1}')
@@ -535,14 +529,14 @@ def compose_deltas(
         values = values / counts[idx, np.arange(idx.shape[0])[:, None]]
       w = _scatter(w, d.indices[p], values, n)
     params[p] = w
-  for p in sorted({p for d in deltas for p in d.train if not _is_head(p)}):
+  for p in sorted({p for d in deltas for p in d.train if not tree_lib.is_head(p)}):
     base = params[p]
     changes = [np.asarray(d.train[p], np.float32) - base for d in deltas if p in d.train]
     total = np.sum(changes, axis=0)
     params[p] = (base + (total / len(changes) if train_rule == 'mean' else total)).astype(
       base.dtype
     )
-  for p in [p for p in params if _is_head(p)]:
+  for p in [p for p in params if tree_lib.is_head(p)]:
     del params[p]
   params.update({p: np.asarray(v, np.float32) for p, v in head.items()})
   return params, report

@@ -17,6 +17,7 @@ import ml_collections
 from gps_jax import checkpoint
 from gps_jax import mask_stats
 from gps_jax import roles as roles_lib
+from gps_jax import tree as tree_lib
 from gps_jax import selection
 from gps_jax import sharding as shard_lib
 from gps_jax import trainer as trainer_lib
@@ -56,11 +57,11 @@ def load_backbone(config: ml_collections.ConfigDict, model, model_config, rng: j
     )
   init_params = weights.init_params(model, rng)
   if not path:
-    return roles_lib.flat(init_params)
+    return tree_lib.flat(init_params)
   params = weights.load_checkpoint(path, model_config, model=model, init=init_params)
   if config.model.get('reinit_head', True) and 'head' in init_params:
     params['head'] = init_params['head']  # a new task gets a new head
-  return roles_lib.flat(params)
+  return tree_lib.flat(params)
 
 
 # Config keys a resumed run may change: they do not alter what is trained.

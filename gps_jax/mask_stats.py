@@ -11,8 +11,9 @@ import re
 from typing import Any
 
 from gps_jax import roles as roles_lib
+from gps_jax import tree as tree_lib
+from gps_jax.tree import HEAD_REGEX
 
-HEAD_REGEX = r'^head/'
 _BLOCK = re.compile(r'(?:^|/)((?:encoderblock|block|layers|stages?)_?\d+)(?:/|$)')
 
 
@@ -45,7 +46,7 @@ def mask_statistics(roles: Any, k: int, head_regex: str = HEAD_REGEX) -> dict:
     'neurons': 0,
     'selected': 0,
   }
-  for path, r in roles_lib.flat(roles).items():
+  for path, r in tree_lib.flat(roles).items():
     t = trainable_entries(r, k)
     leaves[path] = {'role': r.role, 'shape': list(r.shape), 'params': r.size, 'trainable': t}
     if r.role == 'select':

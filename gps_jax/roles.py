@@ -23,8 +23,9 @@ import math
 import re
 from typing import Any, Iterable, Mapping, Sequence
 
-import flax.traverse_util as traverse_util
 import jax
+
+from gps_jax.tree import flat, path_str
 
 ROLES = ('select', 'train', 'freeze')
 
@@ -93,23 +94,6 @@ class LeafRole:
     return math.prod(self.shape[self.fan_in_ndim :])
 
 
-def path_str(key_path: Sequence[Any]) -> str:
-  """'/'-joined leaf path from a flax tuple key or a jax key path."""
-  parts = []
-  for k in key_path:
-    if isinstance(k, str):
-      parts.append(k)
-    elif hasattr(k, 'key'):
-      parts.append(str(k.key))
-    elif hasattr(k, 'idx'):
-      parts.append(str(k.idx))
-    elif hasattr(k, 'name'):
-      parts.append(str(k.name))
-    else:
-      parts.append(str(k))
-  return '/'.join(parts)
-
-
 def _compile(rules: Iterable[Sequence[Any]], what: str) -> list[tuple[re.Pattern, Any]]:
   compiled = []
   for i, rule in enumerate(rules):
@@ -170,16 +154,6 @@ def assign_roles(
     return LeafRole(path, role, shape, fan_in_ndim)
 
   return jax.tree_util.tree_map_with_path(one, params)
-
-
-def flat(tree: Mapping) -> dict[str, Any]:
-  """Nested dict → {'a/b/c': leaf}."""
-  return {'/'.join(k): v for k, v in traverse_util.flatten_dict(tree).items()}
-
-
-def unflat(flat_tree: Mapping[str, Any]) -> dict:
-  """{'a/b/c': leaf} → nested dict."""
-  return traverse_util.unflatten_dict({tuple(k.split('/')): v for k, v in flat_tree.items()})
 
 
 def leaves_with_role(roles: Mapping, role: str) -> dict[str, LeafRole]:

@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gps_jax import roles as roles_lib
+from gps_jax import tree as tree_lib
 from gps_jax import sharding as shard_lib
 from gps_jax.losses import l2_normalize, supcon_loss
 
@@ -47,7 +48,7 @@ def make_score_step(
   blocks = jax.process_count()
 
   def loss_fn(cand, rest, images, labels, rng):
-    params = roles_lib.unflat({**rest, **cand})
+    params = tree_lib.unflat({**rest, **cand})
     _, features = apply_fn({'params': params}, images, train=True, rngs={'dropout': rng})
     z = l2_normalize(features.astype(jnp.float32))
     b = labels.shape[0] // blocks
@@ -156,7 +157,7 @@ def element_masks(indices: Mapping[str, jax.Array], roles: Any) -> dict[str, jax
     p: indices_to_mask(indices[p], r)
     if r.role == 'select'
     else jnp.full(r.shape, r.role == 'train')
-    for p, r in roles_lib.flat(roles).items()
+    for p, r in tree_lib.flat(roles).items()
   }
 
 
@@ -173,7 +174,7 @@ def select_neuron_indices(scores: Mapping[str, Any], k: int, roles: Any) -> dict
   flat_scores = (
     scores
     if all(isinstance(v, (jax.Array, np.ndarray)) for v in scores.values())
-    else roles_lib.flat(scores)
+    else tree_lib.flat(scores)
   )
   indices = {}
   for path, role in roles_lib.leaves_with_role(roles, 'select').items():
@@ -205,4 +206,4 @@ def select_neuron_topk(
     masks: nested bool pytree with the parameters' shapes, as `element_masks`.
   """
   indices = select_neuron_indices(scores, k, roles)
-  return indices, roles_lib.unflat(element_masks(indices, roles))
+  return indices, tree_lib.unflat(element_masks(indices, roles))

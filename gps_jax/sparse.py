@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from gps_jax import roles as roles_lib
+from gps_jax import tree as tree_lib
 
 
 def fan_in_layout(roles: Any) -> dict[str, int]:
@@ -55,7 +56,7 @@ def split(
   params: Mapping[str, jax.Array], roles: Any, indices: Mapping[str, jax.Array]
 ) -> tuple[dict, dict]:
   """(frozen, trainable) of the sparse update mode; the delta starts at zero."""
-  rl = roles_lib.flat(roles)
+  rl = tree_lib.flat(roles)
   missing = sorted(set(p for p, r in rl.items() if r.role == 'select') - set(indices))
   if missing:
     raise ValueError(f'no selected indices for parameters {missing}')
@@ -106,7 +107,7 @@ def delta_from_dense(
 ) -> dict:
   """The sparse trainable state equivalent to a dense fine-tuned model."""
   layout = fan_in_layout(roles)
-  rl = roles_lib.flat(roles)
+  rl = tree_lib.flat(roles)
   return {
     'train': {p: v for p, v in tuned.items() if rl[p].role == 'train'},
     'delta': {

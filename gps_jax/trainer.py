@@ -25,7 +25,7 @@ from jax.sharding import Mesh
 
 from gps_jax import optim
 from gps_jax import sharding as shard_lib
-from gps_jax import roles as roles_lib
+from gps_jax import tree as tree_lib
 from gps_jax import selection
 from gps_jax import sparse
 from gps_jax.mixup import mix_batch
@@ -79,7 +79,7 @@ class MaskedFinetuner:
     self.lr_fn = optim.schedule(config.optim, total_steps, config.optim.get('warmup_steps', 0))
     inner = optim.optimizer(config.optim, self.lr_fn)
     if mode == 'dense':
-      has_entries = {p: r.role != 'freeze' for p, r in roles_lib.flat(roles).items()}
+      has_entries = {p: r.role != 'freeze' for p, r in tree_lib.flat(roles).items()}
       self.tx = optax.masked(inner, has_entries)
     else:
       self.tx = inner
@@ -159,7 +159,7 @@ class MaskedFinetuner:
 
   # -- steps -----------------------------------------------------------------
   def _loss(self, trainable, frozen, aux, batch, rng):
-    params = roles_lib.unflat(self.compose(frozen, aux, trainable))
+    params = tree_lib.unflat(self.compose(frozen, aux, trainable))
     logits, _ = self.apply_fn({'params': params}, batch['image'], train=True, rngs={'dropout': rng})
     smoothing = 0.0 if batch['label'].ndim == 2 else self.label_smoothing
     loss = cross_entropy(logits, batch['label'], self.num_classes, smoothing)
@@ -219,7 +219,7 @@ class MaskedFinetuner:
     return TrainState(state.step + 1, trainable, opt_state, ema), metrics
 
   def _eval_step(self, params, batch):
-    logits, _ = self.apply_fn({'params': roles_lib.unflat(params)}, batch['image'], train=False)
+    logits, _ = self.apply_fn({'params': tree_lib.unflat(params)}, batch['image'], train=False)
     mask = batch.get('mask', jnp.ones(batch['label'].shape, bool))
     correct = (logits.argmax(-1) == batch['label']) & mask
     return correct.sum(), mask.sum()

@@ -18,7 +18,7 @@ import jax
 import ml_collections
 
 from gps_jax import experiment
-from gps_jax import roles as roles_lib
+from gps_jax import tree as tree_lib
 from gps_jax import sharding as shard_lib
 from gps_jax.vit_npz import save_vit_npz
 
@@ -56,7 +56,7 @@ def ensure_upstream(
   )
   if jax.process_index() == 0:  # one writer; the others wait for the file
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    save_vit_npz(path, roles_lib.unflat(backbone))
+    save_vit_npz(path, tree_lib.unflat(backbone))
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils
 

@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gps_jax.files import write_atomic
-from gps_jax.roles import flat, unflat
+from gps_jax.tree import flat, unflat
 
 POSEMB_KEY = 'Transformer/posembed_input/pos_embedding'
 

@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gps_jax import vit_npz
-from gps_jax.roles import flat, unflat
+from gps_jax.tree import flat, unflat
 
 TORCH_SUFFIXES = ('.pth', '.pt', '.bin')
 _WRAPPERS = ('state_dict', 'model', 'module', 'state_dict_ema', 'model_ema')

@@ -9,6 +9,7 @@ import jax
 import numpy as np
 
 from gps_jax import roles as roles_lib
+from gps_jax import tree as tree_lib
 from gps_jax import selection
 from gps_jax import sharding as shard_lib
 from gps_jax.config_defaults import experiment_config
@@ -43,7 +44,7 @@ def batches(seed):
 def run(mesh_spec, params, two_view, train):
   model = ViT(**TINY)
   mesh = None if mesh_spec is None else shard_lib.make_mesh(mesh_spec)
-  roles = roles_lib.assign_roles(roles_lib.unflat(params))
+  roles = roles_lib.assign_roles(tree_lib.unflat(params))
   scores, _ = selection.accumulate_scores(
     model.apply, params, roles, two_view, jax.random.PRNGKey(0), mesh=mesh
   )

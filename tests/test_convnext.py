@@ -20,6 +20,7 @@ safetensors_numpy = pytest.importorskip('safetensors.numpy')
 safetensors_torch = pytest.importorskip('safetensors.torch')
 
 from gps_jax import roles as roles_lib  # noqa: E402
+from gps_jax import tree as tree_lib  # noqa: E402
 from gps_jax.models import convnext as convnext_lib  # noqa: E402
 from gps_jax.models import vit as vit_lib  # noqa: E402
 from gps_jax.models.convnext import (  # noqa: E402
@@ -143,7 +144,7 @@ def layout(depths, dims, classes, patch=4):
 def param_shapes(model):
   x = jax.ShapeDtypeStruct((1, model.image_size, model.image_size, 3), jnp.float32)
   init = lambda x: model.init(jax.random.PRNGKey(0), x, train=False)['params']
-  return {k: tuple(v.shape) for k, v in roles_lib.flat(jax.eval_shape(init, x)).items()}
+  return {k: tuple(v.shape) for k, v in tree_lib.flat(jax.eval_shape(init, x)).items()}
 
 
 # --- layout and configs ---------------------------------------------------------------------
@@ -160,7 +161,7 @@ def test_init_values():
   model = ConvNeXt(num_classes=5, image_size=32, depths=(1, 1), dims=(8, 16))
   init = jax.jit(functools.partial(model.init, train=False))
   variables = init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)))
-  for k, v in roles_lib.flat(variables['params']).items():
+  for k, v in tree_lib.flat(variables['params']).items():
     if k.endswith('gamma'):
       np.testing.assert_array_equal(v, np.full(v.shape, 1e-6, np.float32))
     elif k.startswith('head/'):
@@ -276,7 +277,7 @@ def test_head_of_other_class_count_is_dropped(small):
   params = convnext_params_from_timm(sd, model)
   np.testing.assert_array_equal(params['head']['kernel'], np.zeros((32, 5), np.float32))
   np.testing.assert_array_equal(params['head']['bias'], np.zeros((5,), np.float32))
-  ours, theirs = roles_lib.flat(params), roles_lib.flat(params10)
+  ours, theirs = tree_lib.flat(params), tree_lib.flat(params10)
   assert set(ours) == set(theirs)
   for k in ours:
     if not k.startswith('head/'):
@@ -289,7 +290,7 @@ def test_head_of_other_class_count_is_dropped(small):
 
 def test_converted_arrays(small):
   _, sd, _, params = small
-  flat = roles_lib.flat(params)
+  flat = tree_lib.flat(params)
   assert all(isinstance(v, np.ndarray) and v.dtype == np.float32 for v in flat.values())
   np.testing.assert_array_equal(
     flat['stages_1/blocks_0/conv_dw/kernel'][:, :, 0, 5],
@@ -390,7 +391,7 @@ def test_state_dict_of_another_architecture(small):
 
 def test_gps_roles(small):
   _, _, _, params = small
-  roles = roles_lib.flat(roles_lib.assign_roles(params))
+  roles = tree_lib.flat(roles_lib.assign_roles(params))
   for c, i in ((8, 0), (16, 1), (24, 2), (32, 3)):
     dw = roles[f'stages_{i}/blocks_0/conv_dw/kernel']
     assert (dw.role, dw.shape, dw.fan_in_ndim) == ('select', (7, 7, 1, c), 3)

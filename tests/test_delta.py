@@ -16,6 +16,7 @@ from tiny import TINY, random_params, tiny_shapes
 from gps_jax import checkpoint
 from gps_jax import delta as delta_lib
 from gps_jax import roles as roles_lib
+from gps_jax import tree as tree_lib
 from gps_jax.vit_npz import save_vit_npz
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -42,9 +43,9 @@ def env(tmp_path_factory):
   base = random_params(shapes, seed=0)
   backbone = {p: v for p, v in base.items() if not p.startswith('head/')}
   base_file = str(root / 'base.npz')
-  save_vit_npz(base_file, roles_lib.unflat(backbone))
+  save_vit_npz(base_file, tree_lib.unflat(backbone))
   other_file = str(root / 'other.npz')
-  save_vit_npz(other_file, roles_lib.unflat(random_params(shapes, seed=1)))
+  save_vit_npz(other_file, tree_lib.unflat(random_params(shapes, seed=1)))
   return dict(
     root=root,
     roles=roles,

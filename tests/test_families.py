@@ -12,6 +12,7 @@ from safetensors.torch import save_file  # noqa: E402
 
 from gps_jax import experiment  # noqa: E402
 from gps_jax import roles as roles_lib  # noqa: E402
+from gps_jax import tree as tree_lib  # noqa: E402
 from gps_jax import weights  # noqa: E402
 from gps_jax.config_defaults import experiment_config  # noqa: E402
 
@@ -128,12 +129,12 @@ def test_load_select_and_finetune_each_family(tmp_path, family):
   for p, n in neurons.items():
     assert stats['leaves'][p]['neurons'] == n and stats['leaves'][p]['trainable'] == 2 * n, p
   trained = sum(
-    r.size for p, r in roles_lib.flat(roles).items() if r.role == 'train' and 'head' not in p
+    r.size for p, r in tree_lib.flat(roles).items() if r.role == 'train' and 'head' not in p
   )
   assert results['trainable_without_head'] == 2 * sum(neurons.values()) + trained
   assert 0.0 <= results['test_accuracy'] <= 1.0 and results['train_steps'] == 3
   # Frozen entries did not move: the fine-tuned norms equal the checkpoint's.
-  tuned = roles_lib.flat(results['params'])
-  for p, r in roles_lib.flat(roles).items():
+  tuned = tree_lib.flat(results['params'])
+  for p, r in tree_lib.flat(roles).items():
     if r.role == 'freeze':
-      np.testing.assert_array_equal(np.asarray(tuned[p]), roles_lib.flat(params)[p], err_msg=p)
+      np.testing.assert_array_equal(np.asarray(tuned[p]), tree_lib.flat(params)[p], err_msg=p)

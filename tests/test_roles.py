@@ -5,6 +5,7 @@ import pytest
 from tiny import random_params, tiny_shapes
 
 from gps_jax import roles as roles_lib
+from gps_jax import tree as tree_lib
 
 
 def expected_gps_table(layers=2):
@@ -42,10 +43,10 @@ def expected_gps_table(layers=2):
 def test_assign_roles_gps_table():
   shapes = tiny_shapes()
   roles = roles_lib.assign_roles(shapes)
-  flat = roles_lib.flat(roles)
+  flat = tree_lib.flat(roles)
   want = expected_gps_table()
   assert set(flat) == set(want)
-  flat_shapes = roles_lib.flat(shapes)
+  flat_shapes = tree_lib.flat(shapes)
   for path, (role, fan_in_ndim) in want.items():
     r = flat[path]
     assert isinstance(r, roles_lib.LeafRole)
@@ -61,10 +62,10 @@ def test_assign_roles_gps_table():
 
 
 def test_assign_roles_works_on_arrays_and_keeps_structure():
-  params = roles_lib.unflat(random_params(tiny_shapes()))
+  params = tree_lib.unflat(random_params(tiny_shapes()))
   roles = roles_lib.assign_roles(params)
   assert jax.tree.structure(roles) == jax.tree.structure(params)
-  got = {p: (r.role, r.fan_in_ndim) for p, r in roles_lib.flat(roles).items()}
+  got = {p: (r.role, r.fan_in_ndim) for p, r in tree_lib.flat(roles).items()}
   assert got == expected_gps_table()
 
 
@@ -96,13 +97,13 @@ def test_method_rules():
   shapes = tiny_shapes()
   table = expected_gps_table()
   for method in ('gps', 'random', 'magnitude'):
-    flat = roles_lib.flat(roles_lib.assign_roles(shapes, roles_lib.METHOD_RULES[method]))
+    flat = tree_lib.flat(roles_lib.assign_roles(shapes, roles_lib.METHOD_RULES[method]))
     assert {p: (r.role, r.fan_in_ndim) for p, r in flat.items()} == table, method
 
   def roles_of(method):
     return {
       p: r.role
-      for p, r in roles_lib.flat(
+      for p, r in tree_lib.flat(
         roles_lib.assign_roles(shapes, roles_lib.METHOD_RULES[method])
       ).items()
     }
@@ -128,9 +129,9 @@ def test_gps_rules_freeze_relative_position_tables_and_train_gammas():
     'stages_0/blocks_0/gamma': (8,),
     'stages_0/blocks_0/conv_dw/kernel': (7, 7, 1, 8),
   }
-  shapes = roles_lib.unflat({p: jax.ShapeDtypeStruct(s, 'float32') for p, s in flat.items()})
+  shapes = tree_lib.unflat({p: jax.ShapeDtypeStruct(s, 'float32') for p, s in flat.items()})
   got = {
-    p: (r.role, r.fan_in_ndim) for p, r in roles_lib.flat(roles_lib.assign_roles(shapes)).items()
+    p: (r.role, r.fan_in_ndim) for p, r in tree_lib.flat(roles_lib.assign_roles(shapes)).items()
   }
   assert got == {
     'layers_0/blocks_1/attn/relative_position_bias_table': ('freeze', 0),

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from gps_jax import roles as roles_lib
+from gps_jax import tree as tree_lib
 from gps_jax import selection
 from gps_jax.models import ViT
 
@@ -42,7 +43,7 @@ def ref_topk(score, fan_in_ndim, k):
 
 
 def roles_for(shapes_by_path):
-  params = roles_lib.unflat(
+  params = tree_lib.unflat(
     {p: jax.ShapeDtypeStruct(s, jnp.float32) for p, s in shapes_by_path.items()}
   )
   return roles_lib.assign_roles(
@@ -56,7 +57,7 @@ def roles_for(shapes_by_path):
 def test_select_neuron_topk_matches_numpy(kind, k, tied):
   path, shape, fan_in_ndim = KINDS[kind]
   roles = roles_for({path: shape})
-  assert roles_lib.flat(roles)[path].fan_in_ndim == fan_in_ndim
+  assert tree_lib.flat(roles)[path].fan_in_ndim == fan_in_ndim
   rng = np.random.default_rng(sorted(KINDS).index(kind) + 10 * k + 100 * tied)
   if tied:  # few distinct magnitudes with both signs: ties everywhere, also across sign
     score = rng.integers(-2, 3, size=shape).astype(np.float32)
@@ -67,7 +68,7 @@ def test_select_neuron_topk_matches_numpy(kind, k, tied):
   got_idx = np.asarray(indices[path])
   assert got_idx.dtype == np.int32
   np.testing.assert_array_equal(got_idx, want_idx)
-  got_mask = np.asarray(roles_lib.flat(masks)[path])
+  got_mask = np.asarray(tree_lib.flat(masks)[path])
   assert got_mask.shape == shape and got_mask.dtype == bool
   np.testing.assert_array_equal(got_mask, want_mask)
   # Exactly K per neuron: sum over the fan-in axes.
@@ -85,7 +86,7 @@ def test_select_neuron_topk_all_equal_scores_take_first_k():
 def test_select_neuron_topk_accepts_nested_scores_and_roles_of_other_leaves():
   shapes = {'enc/Dense_0/kernel': (6, 4), 'enc/Dense_0/bias': (4,), 'frozen/w': (3, 3)}
   roles = roles_for(shapes)
-  assert {p: r.role for p, r in roles_lib.flat(roles).items()} == {
+  assert {p: r.role for p, r in tree_lib.flat(roles).items()} == {
     'enc/Dense_0/kernel': 'select',
     'enc/Dense_0/bias': 'train',
     'frozen/w': 'freeze',
@@ -95,7 +96,7 @@ def test_select_neuron_topk_accepts_nested_scores_and_roles_of_other_leaves():
   indices, masks = selection.select_neuron_topk(nested, 2, roles)
   assert set(indices) == {'enc/Dense_0/kernel'}
   np.testing.assert_array_equal(np.asarray(indices['enc/Dense_0/kernel']), ref_topk(score, 1, 2)[0])
-  fm = roles_lib.flat(masks)
+  fm = tree_lib.flat(masks)
   assert set(fm) == set(shapes)
   assert fm['enc/Dense_0/bias'].shape == (4,) and bool(np.all(fm['enc/Dense_0/bias']))
   assert fm['frozen/w'].shape == (3, 3) and not bool(np.any(fm['frozen/w']))
@@ -127,7 +128,7 @@ def test_select_neuron_topk_errors():
 @pytest.mark.parametrize('kind', ['dense', 'out', 'conv'])
 def test_indices_to_mask_matches_numpy_scatter(kind):
   path, shape, fan_in_ndim = KINDS[kind]
-  role = roles_lib.flat(roles_for({path: shape}))[path]
+  role = tree_lib.flat(roles_for({path: shape}))[path]
   rng = np.random.default_rng(1)
   k = 3
   idx = np.stack(
@@ -148,7 +149,7 @@ def test_indices_to_mask_matches_numpy_scatter(kind):
 def tiny():
   model = ViT(**TINY, drop_path_rate=0.3)
   flat = random_params(tiny_shapes(drop_path_rate=0.3))
-  roles = roles_lib.assign_roles(roles_lib.unflat(flat))
+  roles = roles_lib.assign_roles(tree_lib.unflat(flat))
   return model, flat, roles
 
 
@@ -188,7 +189,7 @@ def test_magnitude_scores(tiny):
   for p in select:
     np.testing.assert_array_equal(np.asarray(scores[p]), np.abs(flat[p]))
   p = 'Transformer/encoderblock_1/MultiHeadDotProductAttention_1/out/kernel'
-  indices, _ = selection.select_neuron_topk({p: scores[p]}, 3, {p: roles_lib.flat(roles)[p]})
+  indices, _ = selection.select_neuron_topk({p: scores[p]}, 3, {p: tree_lib.flat(roles)[p]})
   np.testing.assert_array_equal(np.asarray(indices[p]), ref_topk(flat[p], 2, 3)[0])
 
 
@@ -238,7 +239,7 @@ def test_accumulate_scores_is_sum_of_batch_gradients(tiny):
   def loss_and_grad(params, images, labels, key):
     def loss(p):
       _, feats = model.apply(
-        {'params': roles_lib.unflat(p)}, images, train=True, rngs={'dropout': key}
+        {'params': tree_lib.unflat(p)}, images, train=True, rngs={'dropout': key}
       )
       z = feats / jnp.linalg.norm(feats, axis=-1, keepdims=True)
       # Rows 0..B-1 are the first views, B..2B-1 the second views of the same images.

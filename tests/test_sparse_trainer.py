@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from gps_jax import roles as roles_lib
+from gps_jax import tree as tree_lib
 from gps_jax import sparse
 from gps_jax.config_defaults import experiment_config
 from gps_jax.models import ViT
@@ -129,7 +130,7 @@ def copy_of(base):
 def masks_np(roles, indices):
   """Element masks built in NumPy from the indices."""
   out = {}
-  for p, r in roles_lib.flat(roles).items():
+  for p, r in tree_lib.flat(roles).items():
     if r.role == 'select':
       m = np.zeros((r.fan_in, r.num_neurons), bool)
       for j, row in enumerate(indices[p]):
@@ -143,7 +144,7 @@ def masks_np(roles, indices):
 def train(setup, mode, rules=None, indices=None, steps=STEPS):
   model, base, roles, sel, batches = setup
   if rules is not None:
-    roles = roles_lib.assign_roles(roles_lib.unflat(base), rules)
+    roles = roles_lib.assign_roles(tree_lib.unflat(base), rules)
   indices = sel if indices is None else indices
   tuner = MaskedFinetuner(
     model.apply,
@@ -194,7 +195,7 @@ def test_dense_matches_numpy_masked_adamw(setup, runs):
   def grad_fn(params, images, labels):
     def loss(p):
       logits, _ = model.apply(
-        {'params': roles_lib.unflat(p)}, images, train=True, rngs={'dropout': jax.random.PRNGKey(0)}
+        {'params': tree_lib.unflat(p)}, images, train=True, rngs={'dropout': jax.random.PRNGKey(0)}
       )
       return own_ce(logits, labels)
 
@@ -229,7 +230,7 @@ def test_frozen_entries_bit_identical(setup, runs, mode):
   _, base, roles, indices, _ = setup
   final = runs[mode]['final']
   masks = masks_np(roles, indices)
-  flat_roles = roles_lib.flat(roles)
+  flat_roles = tree_lib.flat(roles)
   for p, r in flat_roles.items():
     m = masks[p]
     np.testing.assert_array_equal(bits(final[p])[~m], bits(base[p])[~m], err_msg=p)
@@ -268,7 +269,7 @@ def count(tree):
 @pytest.mark.slow
 def test_optimizer_state_holds_only_trainable_entries(setup, runs):
   _, base, roles, indices, _ = setup
-  flat_roles = roles_lib.flat(roles)
+  flat_roles = tree_lib.flat(roles)
   n_train = sum(r.size for r in flat_roles.values() if r.role == 'train')
   n_selected = sum(r.num_neurons * K for r in flat_roles.values() if r.role == 'select')
   assert n_selected == sum(v.size for v in indices.values())
@@ -305,7 +306,7 @@ def test_delta_from_dense_equals_sparse_state(setup, runs):
   # The delta is the change of the selected entries: tuned - base, gathered in NumPy.
   masks = masks_np(setup[2], setup[3])
   for p, idx in setup[3].items():
-    r = roles_lib.flat(setup[2])[p]
+    r = tree_lib.flat(setup[2])[p]
     tuned = runs['dense']['final'][p].reshape(r.fan_in, -1)
     b0 = base[p].reshape(r.fan_in, -1)
     cols = np.arange(r.num_neurons)[:, None]
@@ -361,7 +362,7 @@ def test_init_from_numpy_params_puts_everything_on_device(setup, mode):
   state, frozen, aux = tuner.init(copy_of(base))
   host = [
     p
-    for p, v in {**frozen, **roles_lib.flat(state.trainable)}.items()
+    for p, v in {**frozen, **tree_lib.flat(state.trainable)}.items()
     if not isinstance(v, jax.Array)
   ]
   assert not host, f'init left NumPy arrays in the state or frozen part: {host[:3]} ...'
@@ -419,7 +420,7 @@ def test_ema_follows_the_recurrence_and_does_not_change_training(setup, mode):
   # Evaluating with ema=True uses the EMA weights.
   batch = {**batches[0], 'mask': np.ones(8, bool)}
   params_ema = tuner.compose_jit(frozen, aux, state.ema)
-  logits, _ = setup[0].apply({'params': roles_lib.unflat(params_ema)}, batch['image'], train=False)
+  logits, _ = setup[0].apply({'params': tree_lib.unflat(params_ema)}, batch['image'], train=False)
   want_acc = float(np.mean(np.asarray(logits).argmax(-1) == batch['label']))
   assert tuner.evaluate(frozen, aux, state, [batch], ema=True) == pytest.approx(want_acc)
   with pytest.raises(ValueError, match='ema_decay'):
@@ -464,7 +465,7 @@ def test_mixing_changes_the_loss_to_the_mixed_targets_loss(setup):
     cutmix_alpha=0.0,
     label_smoothing=SMOOTHING,
   )
-  params = roles_lib.unflat({p: jnp.asarray(v) for p, v in base.items()})
+  params = tree_lib.unflat({p: jnp.asarray(v) for p, v in base.items()})
   logits, _ = model.apply({'params': params}, images, train=False)  # TINY has no dropout.
   want = float(cross_entropy(logits, targets, 5).mean())
   assert float(m['loss']) == pytest.approx(want, rel=1e-4)

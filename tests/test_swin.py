@@ -30,7 +30,8 @@ from gps_jax.models.swin import (  # noqa: E402
   swin_config,
   swin_params_from_timm,
 )
-from gps_jax.roles import GPS_RULES, assign_roles, flat  # noqa: E402
+from gps_jax.roles import GPS_RULES, assign_roles  # noqa: E402
+from gps_jax.tree import flat  # noqa: E402
 
 TOL = 1e-4
 # Small: shifted windows in stage 0 (resolution 8 > window 4), none in stage 1 (4 <= 4).

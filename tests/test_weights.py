@@ -12,7 +12,7 @@ torch = pytest.importorskip('torch')
 timm = pytest.importorskip('timm')
 from safetensors.torch import save_file  # noqa: E402
 
-from gps_jax import roles as roles_lib  # noqa: E402
+from gps_jax import tree as tree_lib  # noqa: E402
 from gps_jax import weights  # noqa: E402
 from gps_jax.vit_npz import save_vit_npz  # noqa: E402
 
@@ -88,7 +88,7 @@ def test_vit_jax_npz_written_from_a_timm_vit_matches_timm(tmp_path):
   m = _timm_vit()
   state = {k: v.numpy() for k, v in m.state_dict().items()}
   flat = weights.vit_flat_from_timm(state, num_heads=2)
-  save_vit_npz(tmp_path / 'vit.npz', roles_lib.unflat(flat))
+  save_vit_npz(tmp_path / 'vit.npz', tree_lib.unflat(flat))
   x = _images()
   want_logits, want_feats = _timm_outputs(m, x)
   logits, feats = _ours(_config(), weights.load_checkpoint(tmp_path / 'vit.npz', _config()), x)

@@ -4,7 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gps_jax import roles as roles_lib
+from gps_jax import tree as tree_lib
 
 from gps_jax.models import ViT
 
@@ -27,7 +27,7 @@ def random_params(shapes, seed=0):
   biases, head, cls and position embedding small but non-zero, LayerNorm scales ~1."""
   rng = np.random.default_rng(seed)
   out = {}
-  for p, s in roles_lib.flat(shapes).items():
+  for p, s in tree_lib.flat(shapes).items():
     if p.endswith('/scale'):
       v = 1.0 + 0.1 * rng.normal(size=s.shape)
     elif p.endswith('kernel'):

@@ -35,6 +35,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from gps_jax import roles as roles_lib
+from gps_jax import tree as tree_lib
 from gps_jax import selection
 from gps_jax import trainer as trainer_lib
 from gps_jax.data import input_pipeline as pipeline
@@ -97,7 +98,7 @@ def main(argv):
 
   model = vit_lib.build_vit({**config.model.to_dict(), 'num_classes': num_classes})
   init = jax.jit(lambda r: model.init(r, jnp.zeros((1, size, size, 3)), train=False)['params'])
-  params = roles_lib.flat(init(jax.random.PRNGKey(0)))
+  params = tree_lib.flat(init(jax.random.PRNGKey(0)))
   roles = roles_lib.assign_roles(
     params, roles_lib.METHOD_RULES['gps'], roles_lib.DEFAULT_FAN_IN_RULES
   )

@@ -18,7 +18,7 @@ from absl import app
 from absl import flags
 from absl import logging
 
-from gps_jax import roles as roles_lib
+from gps_jax import tree as tree_lib
 from gps_jax import weights
 from gps_jax.mask_stats import block_of
 from gps_jax.models import convnext_config, swin_config, vit_config
@@ -42,7 +42,7 @@ def model_config(family: str, variant: str, image_size: int, num_classes: int, w
 def module_counts(params) -> dict[str, int]:
   """Parameter count per top-level module / block, in the order of the model."""
   counts: dict[str, int] = {}
-  for path, value in roles_lib.flat(params).items():
+  for path, value in tree_lib.flat(params).items():
     name = block_of(path)
     counts[name] = counts.get(name, 0) + int(value.size)
   return counts

@@ -28,6 +28,7 @@ import numpy as np
 from gps_jax import checkpoint
 from gps_jax import delta as delta_lib
 from gps_jax import roles as roles_lib
+from gps_jax import tree as tree_lib
 from gps_jax.models import build_vit, vit_config
 
 
@@ -75,7 +76,7 @@ def main(argv=None) -> None:
   roles = roles_lib.assign_roles(shapes)
   select = roles_lib.leaves_with_role(roles, 'select')
   trained = roles_lib.leaves_with_role(roles, 'train')
-  dense = 4 * sum(math.prod(r.shape) for r in roles_lib.flat(roles).values())
+  dense = 4 * sum(math.prod(r.shape) for r in tree_lib.flat(roles).values())
   neurons = sum(r.num_neurons for r in select.values())
   train_bytes = 4 * sum(r.size for r in trained.values())
   print(

@@ -36,7 +36,7 @@ import numpy as np
 
 from gps_jax.models.model_config import module_fields, named_config, task_head
 from gps_jax.models.vit import _drop_path
-from gps_jax.roles import flat, unflat
+from gps_jax.tree import flat, unflat
 
 log = logging.getLogger(__name__)
 

@@ -28,6 +28,7 @@ def _model() -> ml_collections.ConfigDict:
   m.mean = (0.5, 0.5, 0.5)
   m.std = (0.5, 0.5, 0.5)
   m.checkpoint = ''
+  m.require_checkpoint = False
   m.reinit_head = True
   return m
 

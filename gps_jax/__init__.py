@@ -10,7 +10,8 @@ from gps_jax.losses import cross_entropy, l2_normalize, supcon_loss
 from gps_jax.mask_stats import format_table, mask_statistics
 from gps_jax.models import ConvNeXt, SwinTransformer, ViT, build_convnext, build_swin, build_vit
 from gps_jax.models import convnext_config, swin_config, vit_config
-from gps_jax.roles import DEFAULT_FAN_IN_RULES, GPS_RULES, METHOD_RULES, LeafRole, assign_roles
+from gps_jax.methods import METHODS, Method
+from gps_jax.roles import DEFAULT_FAN_IN_RULES, GPS_RULES, LeafRole, assign_roles
 from gps_jax.selection import (
   accumulate_scores,
   indices_to_mask,

@@ -212,6 +212,20 @@ def load_manifest(path: str) -> dict:
 # ----------------------------------------------------------------------------- resumable runs
 
 
+# Config keys a resumed run may change: they do not alter what is trained.
+RESUME_FREE = ('train.log_every', 'train.checkpoint_every_steps', 'train.keep_checkpoints')
+
+
+def _flat_config(d: Mapping, prefix: str = '') -> dict:
+  out = {}
+  for k, v in d.items():
+    if isinstance(v, Mapping):
+      out.update(_flat_config(v, f'{prefix}{k}.'))
+    else:
+      out[f'{prefix}{k}'] = v
+  return out
+
+
 class TrainCheckpoints:
   """Periodic checkpoints of a run in ``directory`` (an orbax CheckpointManager).
 
@@ -233,6 +247,19 @@ class TrainCheckpoints:
 
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
+
+  def check_resumable(self, step: int, config) -> None:
+    """Refuses to resume the checkpoint of `step` under another config than its own,
+    naming the changed keys (those of RESUME_FREE may change)."""
+    saved = _flat_config(self.restore_meta(step).get('config', {}))
+    now = _flat_config(json_safe(config.to_dict()))
+    changed = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
+    changed = [k for k in changed if k not in RESUME_FREE]
+    if changed:
+      raise ValueError(
+        f'{self.directory} holds checkpoints of a run with another config (changed: '
+        f'{", ".join(changed)}); use a new --workdir, or delete that directory to start over'
+      )
 
   def save(self, step: int, state: Any, indices: Mapping, meta: Mapping) -> None:
     items = {

@@ -12,10 +12,10 @@ import ml_collections
 def experiment_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.seed = 42
-  # gps | random | magnitude | full | linear | bitfit
+  # A name of gps_jax.methods.METHODS: gps | random | magnitude | full | linear | bitfit
   c.method = 'gps'
   # Ordered (regex, role) pairs on '/'-joined parameter paths; empty = the
-  # method's preset in gps_jax.roles.METHOD_RULES.
+  # method's rules in gps_jax.methods.METHODS.
   c.rules = ()
   # Ordered (regex, number of leading fan-in axes) pairs; empty = default.
   c.fan_in_rules = ()
@@ -37,7 +37,10 @@ def experiment_config() -> ml_collections.ConfigDict:
   c.model.drop_path_rate = 0.0
   c.model.mean = (0.5, 0.5, 0.5)
   c.model.std = (0.5, 0.5, 0.5)
-  c.model.checkpoint = ''  # vit_jax .npz; empty = random init
+  # Any file gps_jax.weights.load_checkpoint reads (.npz, .safetensors, .pth); empty =
+  # random init, which require_checkpoint=True refuses (the paper recipes set it).
+  c.model.checkpoint = ''
+  c.model.require_checkpoint = False
   c.model.reinit_head = True  # a new task always gets a fresh (zero) head
 
   c.data = ml_collections.ConfigDict()
@@ -66,7 +69,7 @@ def experiment_config() -> ml_collections.ConfigDict:
   c.gps = ml_collections.ConfigDict()
   c.gps.k = 1
   c.gps.temperature = 0.07
-  c.gps.score = ''  # supcon | random | magnitude; empty = by method
+  c.gps.score = ''  # a key of gps_jax.selection.SCORERS; empty = the method's
   c.gps.batch_size = 0  # selection batch size; 0 = data.batch_size
 
   c.train = ml_collections.ConfigDict()
@@ -87,13 +90,21 @@ def experiment_config() -> ml_collections.ConfigDict:
   c.train.eval_every_epochs = 10.0
 
   c.optim = ml_collections.ConfigDict()
-  c.optim.name = 'adam'
+  c.optim.name = 'adam'  # adam | adamw (the same: decoupled decay) | sgd
   c.optim.lr = 1e-3
   c.optim.weight_decay = 0.0
+  c.optim.b1 = 0.9  # adam / adamw
+  c.optim.b2 = 0.999
+  c.optim.eps = 1e-8
+  c.optim.momentum = 0.9  # sgd
   c.optim.warmup_epochs = 10.0
   c.optim.warmup_init_lr = 1e-7
   c.optim.end_lr = 1e-8
-  c.optim.grad_clip_norm = 0.0
+  c.optim.grad_clip_norm = 0.0  # 0 = no clipping
+
+  # Optional upstream stage (configs/demo.py): a whole experiment config whose
+  # backbone is trained first, cached, and becomes model.checkpoint.
+  c.upstream = None
   return c
 
 

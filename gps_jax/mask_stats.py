@@ -6,7 +6,6 @@ exactly K entries), so it is computed on abstract shapes, without weights.
 
 from __future__ import annotations
 
-import json
 import re
 from typing import Any
 
@@ -95,6 +94,3 @@ def format_table(stats: dict) -> str:
   return '\n'.join(lines)
 
 
-def save(stats: dict, path: str) -> None:
-  with open(path, 'w') as f:
-    json.dump(stats, f, indent=1)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import ml_collections
 import optax
 
+OPTIMIZERS = ('adam', 'adamw', 'sgd')
+
 
 def schedule(cfg: ml_collections.ConfigDict, total_steps: int, warmup_steps: int) -> optax.Schedule:
   """Linear warm-up from `warmup_init_lr` to `lr`, then cosine decay to `end_lr`."""
@@ -35,7 +37,7 @@ def optimizer(cfg: ml_collections.ConfigDict, lr: optax.Schedule) -> optax.Gradi
       optax.sgd(lr, momentum=cfg.get('momentum', 0.9)),
     )
   else:
-    raise ValueError(f"config.optim.name={name!r}: use 'adam', 'adamw' or 'sgd'")
+    raise ValueError(f'config.optim.name={name!r}: use one of {", ".join(OPTIMIZERS)}')
   clip = cfg.get('grad_clip_norm', None)
   if clip:
     tx = optax.chain(optax.clip_by_global_norm(clip), tx)

@@ -29,6 +29,9 @@ from gps_jax.tree import flat, path_str
 
 ROLES = ('select', 'train', 'freeze')
 
+# Ordered (regex, role) pairs; the first whose regex matches a leaf path gives its role.
+Rules = tuple[tuple[str, str], ...]
+
 # The reference GPS roles: head and every bias trained, layer-scale gammas
 # trained, normalisation layers, position embeddings and the class token
 # frozen, every other weight tensor selected per neuron. Swin's relative
@@ -36,7 +39,7 @@ ROLES = ('select', 'train', 'freeze')
 # geometry, not features. This is our choice: the original's rule (every
 # tensor of two or more dims but norms, position embedding and class token)
 # would select a (positions, heads) table per head.
-GPS_RULES: tuple[tuple[str, str], ...] = (
+GPS_RULES: Rules = (
   (r'^head/', 'train'),
   (r'(^|/)(LayerNorm[^/]*|[^/]*norm[^/]*)/', 'freeze'),
   (r'pos_embedding$', 'freeze'),
@@ -47,20 +50,6 @@ GPS_RULES: tuple[tuple[str, str], ...] = (
   (r'.*', 'select'),
 )
 
-# Baselines are other role assignments on the same path.
-METHOD_RULES: dict[str, tuple[tuple[str, str], ...]] = {
-  'gps': GPS_RULES,
-  'random': GPS_RULES,
-  'magnitude': GPS_RULES,
-  'full': ((r'.*', 'train'),),
-  'linear': ((r'^head/', 'train'), (r'.*', 'freeze')),
-  'bitfit': (
-    (r'^head/', 'train'),
-    (r'(^|/)(LayerNorm[^/]*|[^/]*norm[^/]*)/', 'freeze'),
-    (r'(^|/)bias$', 'train'),
-    (r'.*', 'freeze'),
-  ),
-}
 
 DEFAULT_FAN_IN_RULES: tuple[tuple[str, int], ...] = (
   (r'(^|/)(query|key|value)/kernel$', 1),

@@ -9,8 +9,8 @@ neuron keeps the K inputs with the largest |score|.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
-import logging
 from typing import Any, Callable, Iterable, Mapping
 
 import jax
@@ -22,9 +22,6 @@ from gps_jax import tree as tree_lib
 from gps_jax import sharding as shard_lib
 from gps_jax.losses import l2_normalize, supcon_loss
 
-log = logging.getLogger(__name__)
-
-SCORE_SOURCES = ('supcon', 'random', 'magnitude')
 
 
 def make_score_step(
@@ -81,7 +78,6 @@ def accumulate_scores(
   batches: Iterable[Mapping[str, np.ndarray]],
   rng: jax.Array,
   temperature: float = 0.07,
-  log_every: int = 0,
   mesh=None,
 ) -> tuple[dict[str, jax.Array], dict[str, float]]:
   """One pass of SupCon gradients over `batches`, summed (signed) per candidate.
@@ -109,8 +105,6 @@ def accumulate_scores(
     scores, loss = step(scores, params, batch, jax.random.fold_in(rng, i))
     losses.append(loss)
     images += int(batch['image'].shape[0])
-    if log_every and (i + 1) % log_every == 0:
-      log.info('selection batch %d: supcon loss %.4f', i + 1, float(loss))
   if not losses:
     raise ValueError(
       'the selection pass saw no batch: the training split is smaller than '
@@ -130,6 +124,34 @@ def random_scores(roles: Any, rng: jax.Array) -> dict[str, jax.Array]:
 def magnitude_scores(params: Mapping[str, jax.Array], roles: Any) -> dict[str, jax.Array]:
   """|w| scores (the magnitude criterion of the paper's ablation)."""
   return {p: jnp.abs(params[p]) for p in roles_lib.leaves_with_role(roles, 'select')}
+
+
+@dataclasses.dataclass(frozen=True)
+class ScoreInputs:
+  """What a score source may use: the model, its flat params and roles, an rng, the
+  two-view selection batches (a callable that starts the pass) and the mesh."""
+
+  apply_fn: Callable
+  params: Mapping[str, jax.Array]
+  roles: Any
+  rng: jax.Array
+  batches: Callable[[], Iterable[Mapping[str, np.ndarray]]]
+  temperature: float = 0.07
+  mesh: Any = None
+
+
+def _supcon(x: ScoreInputs):
+  return accumulate_scores(
+    x.apply_fn, x.params, x.roles, x.batches(), x.rng, temperature=x.temperature, mesh=x.mesh
+  )
+
+
+# Score sources by name (a method's `score`, or config.gps.score): inputs -> (scores, info).
+SCORERS: dict[str, Callable[[ScoreInputs], tuple[dict, dict]]] = {
+  'supcon': _supcon,
+  'random': lambda x: (random_scores(x.roles, x.rng), {}),
+  'magnitude': lambda x: (magnitude_scores(x.params, x.roles), {}),
+}
 
 
 @functools.partial(jax.jit, static_argnames=('fan_in_ndim', 'k'))

@@ -9,7 +9,6 @@ seeds) is printed and saved as `comparison.txt` and `comparison.json`.
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Callable
 
@@ -18,6 +17,8 @@ import ml_collections
 import numpy as np
 
 from gps_jax import experiment
+from gps_jax import files
+from gps_jax import methods as methods_lib
 from gps_jax import upstream as upstream_lib
 
 
@@ -80,8 +81,8 @@ def run_config(
   methods = tuple(config.get('compare_methods') or ()) or (config.method,)
   seeds = tuple(config.get('compare_seeds') or ()) or (config.seed,)
   for method in methods:  # fail on a bad method before hours of upstream training
-    experiment.method_rules(method_config(config, method))
-  if config.get('upstream'):
+    methods_lib.rules(method_config(config, method))
+  if config.upstream:
     path = upstream_lib.ensure_upstream(config.upstream, workdir, printer)
     with config.unlocked():
       config.model.checkpoint = path
@@ -93,15 +94,17 @@ def run_config(
         sub = os.path.join(sub, f'seed_{seed}')
       cfg = method_config(config, method)
       cfg.seed = seed
-      res = experiment.run(cfg, sub, printer)
-      res.pop('params')
+      res, _ = experiment.run(cfg, sub, printer)
       res['seed'] = seed
       rows.append(res)
   if len(rows) > 1 and jax.process_index() == 0:
     table = format_comparison(rows)
     printer('\n' + table)
-    with open(os.path.join(workdir, 'comparison.json'), 'w') as f:
-      json.dump([{k: v for k, v in r.items() if k != 'history'} for r in rows], f, indent=1)
-    with open(os.path.join(workdir, 'comparison.txt'), 'w') as f:
-      f.write(table + '\n')
+    files.write_json(
+      os.path.join(workdir, 'comparison.json'),
+      [{k: v for k, v in r.items() if k != 'history'} for r in rows],
+    )
+    files.write_atomic(
+      os.path.join(workdir, 'comparison.txt'), lambda f: f.write(table + '\n'), binary=False
+    )
   return rows

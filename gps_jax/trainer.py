@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import logging
 import time
 from typing import Any, Callable, Iterable, Iterator, Mapping
 
@@ -30,8 +29,6 @@ from gps_jax import selection
 from gps_jax import sparse
 from gps_jax.mixup import mix_batch
 from gps_jax.losses import cross_entropy
-
-log = logging.getLogger(__name__)
 
 MODES = ('sparse', 'dense')
 
@@ -56,6 +53,7 @@ class MaskedFinetuner:
     *,
     num_classes: int,
     total_steps: int,
+    warmup_steps: int = 0,
     mode: str = 'sparse',
     mesh: Mesh | None = None,
   ):
@@ -76,7 +74,7 @@ class MaskedFinetuner:
     self.ema_decay = config.train.get('ema_decay', 0.0)
     if not 0.0 <= self.ema_decay < 1.0:
       raise ValueError(f'config.train.ema_decay={self.ema_decay}: use 0 (off) or a value in (0, 1)')
-    self.lr_fn = optim.schedule(config.optim, total_steps, config.optim.get('warmup_steps', 0))
+    self.lr_fn = optim.schedule(config.optim, total_steps, warmup_steps)
     inner = optim.optimizer(config.optim, self.lr_fn)
     if mode == 'dense':
       has_entries = {p: r.role != 'freeze' for p, r in tree_lib.flat(roles).items()}

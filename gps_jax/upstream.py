@@ -50,10 +50,8 @@ def ensure_upstream(
     printer(f'[upstream] using cached backbone {path}')
     return path
   printer(f'[upstream] pretraining the backbone (cached afterwards at {path})')
-  res = experiment.run(upstream, os.path.join(workdir, 'upstream'), printer)
-  backbone = shard_lib.to_host(
-    {p: v for p, v in res['params'].items() if not p.startswith('head/')}
-  )
+  res, params = experiment.run(upstream, os.path.join(workdir, 'upstream'), printer)
+  backbone = shard_lib.to_host({p: v for p, v in params.items() if not tree_lib.is_head(p)})
   if jax.process_index() == 0:  # one writer; the others wait for the file
     os.makedirs(os.path.dirname(path), exist_ok=True)
     save_vit_npz(path, tree_lib.unflat(backbone))

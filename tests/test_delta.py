@@ -46,15 +46,15 @@ def env(tmp_path_factory):
   save_vit_npz(base_file, tree_lib.unflat(backbone))
   other_file = str(root / 'other.npz')
   save_vit_npz(other_file, tree_lib.unflat(random_params(shapes, seed=1)))
-  return dict(
-    root=root,
-    roles=roles,
-    select=roles_lib.leaves_with_role(roles, 'select'),
-    trained=roles_lib.leaves_with_role(roles, 'train'),
-    backbone=backbone,
-    base_file=base_file,
-    other_file=other_file,
-  )
+  return {
+    'root': root,
+    'roles': roles,
+    'select': roles_lib.leaves_with_role(roles, 'select'),
+    'trained': roles_lib.leaves_with_role(roles, 'train'),
+    'backbone': backbone,
+    'base_file': base_file,
+    'other_file': other_file,
+  }
 
 
 def _result(env, seed, indices=None, k=K):
@@ -347,6 +347,7 @@ def test_inspect_bytes_by_hand(env):
 def _cli(*args):
   return subprocess.run(
     [sys.executable, '-m', 'gps_jax.delta', *args],
+    check=False,
     cwd=REPO,
     capture_output=True,
     text=True,
@@ -373,6 +374,86 @@ def test_cli_inspect_and_apply(env, tmp_path):
   assert _sha(env['base_file']) in proc.stderr and _sha(env['other_file']) in proc.stderr
 
 
+def _garbage(env, tmp_path, kind):
+  """A delta path whose files are broken in the way `kind` names."""
+  import shutil
+
+  good = _save(env, f'garbage_src_{kind}', _result(env, 70))
+  path = str(tmp_path / 'ckpt')
+  if kind.startswith('export'):
+    path = str(tmp_path / ('delta' + kind[len('export') :]))
+    with open(path, 'wb') as f:
+      f.write(np.random.default_rng(0).bytes(500))
+    return path
+  shutil.copytree(good, path)
+  shutil.copy(checkpoint.manifest_path(good), checkpoint.manifest_path(path))
+  files = [os.path.join(r, f) for r, _, fs in os.walk(path) for f in fs]
+  rng = np.random.default_rng(1)
+  if kind == 'manifest_not_json':
+    with open(checkpoint.manifest_path(path), 'w') as f:
+      f.write('{"format": not json')
+  elif kind == 'manifest_binary':
+    with open(checkpoint.manifest_path(path), 'wb') as f:
+      f.write(b'\xff\xfe\x00' + rng.bytes(100))
+  elif kind == 'random_bytes':  # every file of the orbax directory
+    for file in files:
+      with open(file, 'wb') as f:
+        f.write(rng.bytes(max(os.path.getsize(file), 64)))
+  elif kind == 'random_array_bytes':  # the array data only, the metadata intact
+    for file in files:
+      if f'{os.sep}d{os.sep}' in file:
+        with open(file, 'wb') as f:
+          f.write(rng.bytes(os.path.getsize(file)))
+  elif kind == 'missing_arrays':
+    for file in files:
+      if os.path.basename(file) not in ('_METADATA', '_CHECKPOINT_METADATA'):
+        os.remove(file)
+  elif kind == 'empty_dir':
+    shutil.rmtree(path)
+    os.mkdir(path)
+  else:
+    raise AssertionError(kind)
+  return path
+
+
+GARBAGE = (
+  'manifest_not_json',
+  'manifest_binary',
+  'random_bytes',
+  'random_array_bytes',
+  'missing_arrays',
+  'empty_dir',
+  'export.npz',
+  'export.safetensors',
+)
+
+
+@pytest.mark.parametrize('kind', GARBAGE)
+def test_cli_inspect_of_garbage_is_one_error_line(env, tmp_path, capsys, kind):
+  path = _garbage(env, tmp_path, kind)
+  capsys.readouterr()
+  assert delta_lib.main(['inspect', path]) == 1
+  out, err = capsys.readouterr()
+  assert out == ''
+  lines = err.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith('error: '), err
+  assert path in lines[0] or os.path.abspath(path) in lines[0], err
+  with pytest.raises((ValueError, FileNotFoundError)) as e:
+    delta_lib.load(path, require_manifest=False)
+  assert '\n' not in str(e.value) and path in str(e.value)
+
+
+def test_cli_inspect_of_garbage_has_no_traceback(env, tmp_path):
+  for kind in ('random_bytes', 'missing_arrays'):
+    path = _garbage(env, tmp_path / kind, kind)
+    proc = _cli('inspect', path)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert 'Traceback' not in proc.stderr, proc.stderr[-3000:]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith('error: ')]
+    assert len(errors) == 1 and path in errors[0], proc.stderr[-3000:]
+    assert proc.stdout == ''
+
+
 # ----------------------------------------------------------------------------- experiment
 
 
@@ -385,7 +466,7 @@ def test_experiment_run_writes_the_manifest_of_its_base(tmp_path):
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   c = module.get_config()
-  c.model.update(dict(hidden_size=16, num_layers=1, num_heads=2, mlp_dim=32))
+  c.model.update({'hidden_size': 16, 'num_layers': 1, 'num_heads': 2, 'mlp_dim': 32})
   c.train.steps = 2
   c.gps.k = 2
   c.gps.score = 'random'  # the SupCon pass is tested elsewhere
@@ -397,7 +478,7 @@ def test_experiment_run_writes_the_manifest_of_its_base(tmp_path):
   save_vit_npz(base_file, base)
   c.model.checkpoint = base_file
 
-  results = experiment.run(c, str(tmp_path / 'run'), printer=lambda s: None)
+  _, final_params = experiment.run(c, str(tmp_path / 'run'), printer=lambda s: None)
   ckpt = str(tmp_path / 'run' / 'checkpoint')
   m = checkpoint.load_manifest(ckpt)
   assert m['base'] == {'path': os.path.abspath(base_file), 'sha256': _sha(base_file)}
@@ -406,5 +487,5 @@ def test_experiment_run_writes_the_manifest_of_its_base(tmp_path):
   assert set(m['fan_in_ndim']) == set(d.delta) and len(d.delta) == 7  # embedding + 6 per block
   # The delta applied to its base is the model the run evaluated.
   params = delta_lib.apply_delta(d, base_file)
-  want = {p: np.asarray(v) for p, v in results['params'].items()}
+  want = {p: np.asarray(v) for p, v in final_params.items()}
   _assert_params(params, want, atol=1e-6)

@@ -155,7 +155,7 @@ def test_vtab_recipe_runs_end_to_end_on_mock_tfds(tmp_path):
   c.data.data_dir = str(tmp_path / 'tfds')
   c.data.prepare = True  # mock_data's download_and_prepare is a no-op; is_prepared() is not mocked.
   with tfds.testing.mock_data(num_examples=12):
-    results = experiment.run(c, str(tmp_path / 'run'), printer=lambda s: None)
+    results, params = experiment.run(c, str(tmp_path / 'run'), printer=lambda s: None)
   saved = json.load(open(tmp_path / 'run' / 'results.json'))
   assert saved['splits'] == {
     'train': 'dtd:train[:800]',
@@ -166,7 +166,7 @@ def test_vtab_recipe_runs_end_to_end_on_mock_tfds(tmp_path):
   assert 0.0 <= saved['test_accuracy'] <= 1.0 and 'best_val_accuracy' in saved
   assert saved['k'] == 1 and saved['selection']['batches'] == 3  # 12 // 4 two-view batches.
   assert os.path.isdir(tmp_path / 'run' / 'checkpoint')
-  assert results['params']['head/kernel'].shape == (16, 47)
+  assert params['head/kernel'].shape == (16, 47)
 
 
 def _write_vpt_folder(root, num_classes=3, per_split=(8, 4, 6)):
@@ -192,7 +192,7 @@ def test_fgvc_recipe_runs_end_to_end_on_a_vpt_folder_with_mixup_and_ema(tmp_path
   c.data.num_classes = 3
   c.data.resize_size = 36
   c.train.ema_decay = 0.5
-  results = experiment.run(c, str(tmp_path / 'run'), printer=lambda s: None)
+  results, params = experiment.run(c, str(tmp_path / 'run'), printer=lambda s: None)
   saved = json.load(open(tmp_path / 'run' / 'results.json'))
   assert saved['splits'] == {'train': 'cub:trainval', 'test': 'cub:test'}
   assert 'with the EMA weights' in saved['protocol']
@@ -201,7 +201,7 @@ def test_fgvc_recipe_runs_end_to_end_on_a_vpt_folder_with_mixup_and_ema(tmp_path
   for key in ('test_accuracy_ema', 'test_accuracy_raw'):
     assert np.isclose(saved[key] * 6, round(saved[key] * 6))
   assert saved['train_steps'] == 3 and saved['k'] == 2
-  assert results['params']['head/kernel'].shape == (16, 3)
+  assert params['head/kernel'].shape == (16, 3)
 
 
 @pytest.mark.parametrize('backbone,name', [('swin_b', 'swin'), ('convnext_b', 'convnext')])

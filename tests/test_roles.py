@@ -1,9 +1,11 @@
 """Tests of gps_jax.roles against hand-written role tables."""
 
 import jax
+import ml_collections
 import pytest
 from tiny import random_params, tiny_shapes
 
+from gps_jax import methods
 from gps_jax import roles as roles_lib
 from gps_jax import tree as tree_lib
 
@@ -97,14 +99,14 @@ def test_method_rules():
   shapes = tiny_shapes()
   table = expected_gps_table()
   for method in ('gps', 'random', 'magnitude'):
-    flat = tree_lib.flat(roles_lib.assign_roles(shapes, roles_lib.METHOD_RULES[method]))
+    flat = tree_lib.flat(roles_lib.assign_roles(shapes, methods.METHODS[method].rules))
     assert {p: (r.role, r.fan_in_ndim) for p, r in flat.items()} == table, method
 
   def roles_of(method):
     return {
       p: r.role
       for p, r in tree_lib.flat(
-        roles_lib.assign_roles(shapes, roles_lib.METHOD_RULES[method])
+        roles_lib.assign_roles(shapes, methods.METHODS[method].rules)
       ).items()
     }
 
@@ -139,3 +141,24 @@ def test_gps_rules_freeze_relative_position_tables_and_train_gammas():
     'stages_0/blocks_0/gamma': ('train', 0),
     'stages_0/blocks_0/conv_dw/kernel': ('select', 3),  # depthwise: fan-in 7 * 7 * 1 = 49
   }
+
+
+def test_method_registry_is_the_one_source_of_methods():
+  """Every method is one registry entry: its rules assign roles on the tiny ViT, its score
+  source is a registered scorer, and an unknown name is refused naming the known ones."""
+  from gps_jax import selection
+
+  shapes = tiny_shapes()
+  for name, method in methods.METHODS.items():
+    flat = tree_lib.flat(roles_lib.assign_roles(shapes, method.rules))
+    has_select = any(r.role == 'select' for r in flat.values())
+    # A method selects entries exactly when it names a score source to rank them by.
+    assert has_select == (method.score is not None), name
+    assert method.score is None or method.score in selection.SCORERS, name
+  with pytest.raises(ValueError, match="config.method='lora'.*gps, random"):
+    methods.get('lora')
+  cfg = ml_collections.ConfigDict({'method': 'linear', 'rules': (), 'gps': {'score': ''}})
+  assert methods.rules(cfg) == methods.LINEAR_RULES and methods.score_source(cfg) is None
+  cfg.rules = (('.*', 'freeze'),)
+  cfg.gps.score = 'magnitude'
+  assert methods.rules(cfg) == (('.*', 'freeze'),) and methods.score_source(cfg) == 'magnitude'

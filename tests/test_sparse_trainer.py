@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from gps_jax import methods
 from gps_jax import roles as roles_lib
 from gps_jax import tree as tree_lib
 from gps_jax import sparse
@@ -320,7 +321,7 @@ def test_delta_from_dense_equals_sparse_state(setup, runs):
 @pytest.mark.parametrize('mode', ['sparse', 'dense'])
 def test_linear_method_changes_only_the_head(setup, mode):
   base = setup[1]
-  run = train(setup, mode, rules=roles_lib.METHOD_RULES['linear'], indices={}, steps=3)
+  run = train(setup, mode, rules=methods.METHODS['linear'].rules, indices={}, steps=3)
   for p in base:
     if p.startswith('head/'):
       assert np.mean(run['final'][p] != base[p]) > 0.9, p

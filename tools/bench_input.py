@@ -34,6 +34,7 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
+from gps_jax import methods
 from gps_jax import roles as roles_lib
 from gps_jax import tree as tree_lib
 from gps_jax import selection
@@ -100,7 +101,7 @@ def main(argv):
   init = jax.jit(lambda r: model.init(r, jnp.zeros((1, size, size, 3)), train=False)['params'])
   params = tree_lib.flat(init(jax.random.PRNGKey(0)))
   roles = roles_lib.assign_roles(
-    params, roles_lib.METHOD_RULES['gps'], roles_lib.DEFAULT_FAN_IN_RULES
+    params, methods.METHODS['gps'].rules, roles_lib.DEFAULT_FAN_IN_RULES
   )
   indices = selection.select_neuron_indices(
     selection.random_scores(roles, jax.random.PRNGKey(1)), config.gps.k, roles

@@ -1,0 +1,107 @@
+"""Apply: base + a delta at its indices, the trained leaves replaced: a dense model."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+
+import jax.numpy as jnp
+import numpy as np
+
+from gps_jax import checkpoint, sparse
+from gps_jax import tree as tree_lib
+from gps_jax.delta.store import Delta, _require_manifest
+
+
+def _warn(message: str) -> None:
+  warnings.warn(message, stacklevel=3)
+
+
+def check_base(
+  manifests: Sequence[Mapping], base_path: str, *, force: bool = False, warn: Callable = _warn
+) -> str:
+  """SHA-256 of `base_path`; a ValueError (a warning with `force`) unless it is every
+  manifest's base hash."""
+  actual = checkpoint.file_sha256(base_path)
+  expected = manifests[0]['base']['sha256']
+  if expected is None:
+    message = (
+      f'the delta was trained from a random init (its manifest has no base sha256): '
+      f'{base_path} (sha256 {actual}) is not its base'
+    )
+  elif actual != expected:
+    message = (
+      f'base {base_path} has sha256 {actual}, but the delta was trained on '
+      f'{manifests[0]["base"]["path"]} with sha256 {expected}'
+    )
+  else:
+    return actual
+  if not force:
+    raise ValueError(message + '; pass --force (force=True) to apply it anyway')
+  warn(message + '; applying anyway (--force)')
+  return actual
+
+
+def _num_classes(train: Mapping[str, np.ndarray], manifest: Mapping) -> int:
+  for p, v in train.items():
+    if tree_lib.is_head(p) and p.endswith('kernel'):
+      return int(v.shape[-1])
+  for p, v in train.items():
+    if tree_lib.is_head(p) and p.endswith('bias'):
+      return int(v.shape[-1])
+  return int(manifest['model'].get('num_classes') or 0)
+
+
+def load_base(base_path: str, model_config: Mapping, num_classes: int) -> dict[str, np.ndarray]:
+  """Flat float32 params of `base_path` for `model_config` with `num_classes` classes."""
+  from gps_jax import weights
+
+  config = {**model_config, 'num_classes': int(num_classes)}
+  params = weights.load_checkpoint(base_path, config)
+  return {p: np.asarray(v, np.float32) for p, v in tree_lib.flat(params).items()}
+
+
+def _check_leaves(d: Delta, base: Mapping[str, np.ndarray], heads: bool = True) -> None:
+  problems = []
+  for p in d.delta:
+    shape = tuple(d.manifest['shapes'][p])
+    if p not in base:
+      problems.append(f'delta leaf {p} is not in the base')
+    elif base[p].shape != shape:
+      problems.append(f'delta leaf {p}: base {base[p].shape}, manifest {shape}')
+  for p, v in d.train.items():
+    if not heads and tree_lib.is_head(p):
+      continue
+    if p not in base:
+      problems.append(f'trained leaf {p} is not in the base')
+    elif base[p].shape != v.shape:
+      problems.append(f'trained leaf {p}: base {base[p].shape}, delta {v.shape}')
+  if problems:
+    raise ValueError(f'{d.source} does not fit the base:\n  ' + '\n  '.join(problems))
+
+
+def _scatter(base: np.ndarray, idx: np.ndarray, values: np.ndarray, fan_in_ndim: int) -> np.ndarray:
+  out = sparse.scatter_add(jnp.asarray(base), jnp.asarray(idx), jnp.asarray(values), fan_in_ndim)
+  return np.asarray(out)
+
+
+def apply_delta(
+  d: Delta, base_path: str, *, force: bool = False, warn: Callable = _warn
+) -> dict[str, np.ndarray]:
+  """The fine-tuned flat params: base + delta at its indices, trained leaves replaced."""
+  m = _require_manifest(d)
+  check_base([m], base_path, force=force, warn=warn)
+  params = load_base(base_path, m['model'], _num_classes(d.train, m))
+  _check_leaves(d, params)
+  for p, values in d.delta.items():
+    params[p] = _scatter(params[p], d.indices[p], values, int(m['fan_in_ndim'][p]))
+  for p, v in d.train.items():
+    params[p] = np.asarray(v, params[p].dtype)
+  return params
+
+
+def write_npz(path: str, params: Mapping[str, np.ndarray]) -> None:
+  """A dense gps_jax-layout .npz of flat params (atomic)."""
+  from gps_jax.vit_npz import save_vit_npz
+
+  save_vit_npz(path, tree_lib.unflat(dict(params)))

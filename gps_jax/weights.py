@@ -242,11 +242,11 @@ def load_checkpoint(
     loaded = vit_flat_from_timm(state, model.num_heads)
     return vit_npz.fit_params(loaded, model, path, init_params=init)
   if name == 'swin':
-    from gps_jax.models.swin import swin_params_from_timm
+    from gps_jax.models.swin_timm import swin_params_from_timm
 
     params = swin_params_from_timm(state, model)
   elif name == 'convnext':
-    from gps_jax.models.convnext import convnext_params_from_timm
+    from gps_jax.models.convnext_timm import convnext_params_from_timm
 
     params = convnext_params_from_timm(state, model)
   else:

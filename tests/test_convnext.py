@@ -22,6 +22,8 @@ safetensors_torch = pytest.importorskip('safetensors.torch')
 from gps_jax import roles as roles_lib  # noqa: E402
 from gps_jax import tree as tree_lib  # noqa: E402
 from gps_jax.models import convnext as convnext_lib  # noqa: E402
+from gps_jax.models import convnext_timm, layers  # noqa: E402
+from gps_jax.models import swin as swin_lib  # noqa: E402
 from gps_jax.models import vit as vit_lib  # noqa: E402
 from gps_jax.models.convnext import (  # noqa: E402
   CONVNEXT_VARIANTS,
@@ -29,8 +31,8 @@ from gps_jax.models.convnext import (  # noqa: E402
   build_convnext,
   convnext_config,
   convnext_drop_path_rates,
-  convnext_params_from_timm,
 )
+from gps_jax.models.convnext_timm import convnext_params_from_timm  # noqa: E402
 
 TOL = 1e-4
 SMALL = dict(depths=(1, 1, 2, 1), dims=(8, 16, 24, 32))
@@ -181,7 +183,7 @@ def test_variant_parameter_count_matches_timm(variant):
   ours = param_shapes(build_convnext(convnext_config(variant, num_classes=1000, image_size=224)))
   assert sum(math.prod(s) for s in ours.values()) == sum(math.prod(s) for s in theirs.values())
   assert len(ours) == len(theirs)
-  named = {convnext_lib._timm_name(k): convnext_lib._timm_shape(s) for k, s in ours.items()}
+  named = {convnext_timm._timm_name(k): convnext_timm._timm_shape(s) for k, s in ours.items()}
   assert named == theirs
 
 
@@ -319,7 +321,10 @@ def test_drop_path_rates_match_timm():
   assert [len(r) for r in ours] == list(depths)
   np.testing.assert_allclose(sum(ours, []), sum(theirs, []), atol=1e-7)
   assert convnext_drop_path_rates(0.0, depths) == [[0.0] * d for d in depths]
-  assert convnext_lib._drop_path is vit_lib._drop_path  # shared, not copied
+  # shared with the other backbones, not copied
+  assert convnext_drop_path_rates is layers.drop_path_rates is swin_lib.drop_path_rates
+  assert convnext_lib.drop_path is vit_lib.drop_path is swin_lib.drop_path is layers.drop_path
+  assert convnext_lib.Mlp is swin_lib.Mlp is layers.Mlp
 
 
 def test_train_mode_drop_path(small):

@@ -26,8 +26,10 @@ from gps_jax.models.swin import (  # noqa: E402
   SwinTransformer,
   build_swin,
   drop_path_rates,
-  resize_relative_position_table,
   swin_config,
+)
+from gps_jax.models.swin_timm import (  # noqa: E402
+  resize_relative_position_table,
   swin_params_from_timm,
 )
 from gps_jax.roles import GPS_RULES, assign_roles  # noqa: E402

@@ -5,30 +5,36 @@ from gps_jax.models.convnext import (
   ConvNeXt,
   build_convnext,
   convnext_config,
-  convnext_params_from_timm,
 )
+from gps_jax.models.convnext_timm import convnext_params_from_timm
+from gps_jax.models.layers import IMAGENET_MEAN, IMAGENET_STD, INCEPTION_MEAN, INCEPTION_STD
 from gps_jax.models.swin import (
   SWIN_VARIANTS,
   SwinTransformer,
   build_swin,
   swin_config,
-  swin_params_from_timm,
 )
+from gps_jax.models.swin_timm import resize_relative_position_table, swin_params_from_timm
 from gps_jax.models.vit import VIT_VARIANTS, ViT, build_vit, vit_config
 
 __all__ = [
   'CONVNEXT_VARIANTS',
+  'IMAGENET_MEAN',
+  'IMAGENET_STD',
+  'INCEPTION_MEAN',
+  'INCEPTION_STD',
+  'SWIN_VARIANTS',
+  'VIT_VARIANTS',
   'ConvNeXt',
+  'SwinTransformer',
+  'ViT',
   'build_convnext',
+  'build_swin',
+  'build_vit',
   'convnext_config',
   'convnext_params_from_timm',
-  'SWIN_VARIANTS',
-  'SwinTransformer',
-  'build_swin',
+  'resize_relative_position_table',
   'swin_config',
   'swin_params_from_timm',
-  'VIT_VARIANTS',
-  'ViT',
-  'build_vit',
   'vit_config',
 ]

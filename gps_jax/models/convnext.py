@@ -18,27 +18,28 @@ classifier head. Every submodule carries an explicit ``name=`` so the parameter 
 
 The final norm lives outside ``head/`` on purpose: GPS freezes norms and trains the head.
 
-:func:`convnext_params_from_timm` converts a timm state dict (numpy arrays, e.g. read with
-``safetensors.numpy.load_file``) into this tree.
+:func:`gps_jax.models.convnext_timm.convnext_params_from_timm` converts a timm state dict (numpy
+arrays, e.g. read with ``safetensors.numpy.load_file``) into this tree.
 """
 
 from __future__ import annotations
 
-import logging
-import re
-from typing import Any, Mapping, Optional
+from typing import Any, Optional
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 
+from gps_jax.models.layers import (
+  IMAGENET_MEAN,
+  IMAGENET_STD,
+  Mlp,
+  drop_path,
+  drop_path_rates,
+  layer_norm,
+  trunc_normal_init,
+)
 from gps_jax.models.model_config import module_fields, named_config, task_head
-from gps_jax.models.vit import _drop_path
-from gps_jax.tree import flat, unflat
-
-log = logging.getLogger(__name__)
 
 LN_EPSILON = 1e-6  # timm's LayerNorm / LayerNorm2d default, used by every ConvNeXt norm.
 
@@ -50,43 +51,8 @@ CONVNEXT_VARIANTS = {
   'L': dict(depths=(3, 3, 27, 3), dims=(192, 384, 768, 1536)),
 }
 
-# timm's IMAGENET_DEFAULT_MEAN / _STD, the normalisation of the fb_in1k / fb_in22k weights.
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
-_weight_init = nn.initializers.truncated_normal(stddev=0.02)  # timm: trunc_normal_(std=.02)
-
-
-def _layer_norm(dtype, name):
-  # use_fast_variance=False: E[(x - mean)^2] as torch does; E[x^2] - mean^2 loses precision
-  # on the residual stream, whose channel mean can be large against its spread.
-  return nn.LayerNorm(epsilon=LN_EPSILON, use_fast_variance=False, dtype=dtype, name=name)
-
-
-def convnext_drop_path_rates(drop_path_rate: float, depths) -> list[list[float]]:
-  """Per-stage lists of per-block drop-path rates: linear from 0 to drop_path_rate over all
-  blocks of the network, as timm's ``calculate_drop_path_rates(rate, depths, stagewise=True)``
-  (``torch.linspace(0, rate, sum(depths)).split(depths)``)."""
-  total = sum(depths)
-  rates = [drop_path_rate * k / max(total - 1, 1) for k in range(total)]
-  out, start = [], 0
-  for d in depths:
-    out.append(rates[start : start + d])
-    start += d
-  return out
-
-
-class Mlp(nn.Module):
-  """fc1 (C -> hidden) -> exact GELU -> fc2 (hidden -> C), on channels-last inputs."""
-
-  hidden: int
-  dtype: Any = jnp.float32
-
-  @nn.compact
-  def __call__(self, x):
-    y = nn.Dense(self.hidden, dtype=self.dtype, kernel_init=_weight_init, name='fc1')(x)
-    y = nn.gelu(y, approximate=False)  # torch nn.GELU() is the erf form
-    return nn.Dense(x.shape[-1], dtype=self.dtype, kernel_init=_weight_init, name='fc2')(y)
+# timm's calculate_drop_path_rates(rate, depths, stagewise=True), shared with Swin.
+convnext_drop_path_rates = drop_path_rates
 
 
 class ConvNeXtBlock(nn.Module):
@@ -106,15 +72,15 @@ class ConvNeXtBlock(nn.Module):
       padding=((3, 3), (3, 3)),
       feature_group_count=c,
       dtype=self.dtype,
-      kernel_init=_weight_init,
+      kernel_init=trunc_normal_init,
       name='conv_dw',
     )(x)
-    y = _layer_norm(self.dtype, 'norm')(y)
+    y = layer_norm('norm', LN_EPSILON, self.dtype)(y)
     y = Mlp(self.mlp_ratio * c, self.dtype, name='mlp')(y)
     if self.layer_scale_init is not None:
       gamma = self.param('gamma', nn.initializers.constant(self.layer_scale_init), (c,))
       y = y * gamma.astype(y.dtype)
-    return x + _drop_path(self, y, self.drop_path_rate, deterministic)
+    return x + drop_path(self, y, self.drop_path_rate, deterministic)
 
 
 class Stem(nn.Module):
@@ -133,10 +99,10 @@ class Stem(nn.Module):
       strides=(p, p),
       padding='VALID',
       dtype=self.dtype,
-      kernel_init=_weight_init,
+      kernel_init=trunc_normal_init,
       name='conv',
     )(x)
-    return _layer_norm(self.dtype, 'norm')(x)
+    return layer_norm('norm', LN_EPSILON, self.dtype)(x)
 
 
 class Downsample(nn.Module):
@@ -147,14 +113,14 @@ class Downsample(nn.Module):
 
   @nn.compact
   def __call__(self, x):
-    x = _layer_norm(self.dtype, 'norm')(x)
+    x = layer_norm('norm', LN_EPSILON, self.dtype)(x)
     return nn.Conv(
       self.dim,
       (2, 2),
       strides=(2, 2),
       padding='VALID',
       dtype=self.dtype,
-      kernel_init=_weight_init,
+      kernel_init=trunc_normal_init,
       name='conv',
     )(x)
 
@@ -226,7 +192,7 @@ class ConvNeXt(nn.Module):
         name=f'stages_{i}',
       )(x, deterministic=not train)
     x = jnp.mean(x, axis=(1, 2))
-    features = _layer_norm(self.dtype, 'final_norm')(x)
+    features = layer_norm('final_norm', LN_EPSILON, self.dtype)(x)
     return task_head(features, self.num_classes, self.dtype), features
 
 
@@ -274,118 +240,3 @@ def build_convnext(model_config) -> ConvNeXt:
     label='ConvNeXt', int_tuples=('depths', 'dims'),
   )  # fmt: skip
   return ConvNeXt(**fields)
-
-
-# --- timm checkpoints ---------------------------------------------------------------------
-
-_TIMM_MODULES = (
-  (r'^stem/conv$', 'stem.0'),
-  (r'^stem/norm$', 'stem.1'),
-  (r'^stages_(\d+)/downsample/norm$', r'stages.\1.downsample.0'),
-  (r'^stages_(\d+)/downsample/conv$', r'stages.\1.downsample.1'),
-  (r'^stages_(\d+)/blocks_(\d+)$', r'stages.\1.blocks.\2'),  # gamma
-  (r'^stages_(\d+)/blocks_(\d+)/(conv_dw|norm)$', r'stages.\1.blocks.\2.\3'),
-  (r'^stages_(\d+)/blocks_(\d+)/mlp/(fc1|fc2)$', r'stages.\1.blocks.\2.mlp.\3'),
-  (r'^final_norm$', 'head.norm'),
-  (r'^head$', 'head.fc'),
-)
-_TIMM_LEAVES = {'kernel': 'weight', 'scale': 'weight', 'bias': 'bias', 'gamma': 'gamma'}
-_TIMM_HEAD = ('head.fc.weight', 'head.fc.bias')
-
-
-def _timm_name(path: str) -> str:
-  """'stages_1/blocks_0/mlp/fc1/kernel' -> 'stages.1.blocks.0.mlp.fc1.weight'."""
-  module, _, leaf = path.rpartition('/')
-  for pattern, repl in _TIMM_MODULES:
-    if re.match(pattern, module):
-      return re.sub(pattern, repl, module) + '.' + _TIMM_LEAVES[leaf]
-  raise AssertionError(f'no timm name for ConvNeXt parameter {path!r}')  # a bug here
-
-
-def _timm_shape(shape: tuple) -> tuple:
-  """The timm (torch) shape of a Flax leaf: HWIO conv -> OIHW, (in, out) Linear -> (out, in)."""
-  if len(shape) == 4:
-    return (shape[3], shape[2], shape[0], shape[1])
-  if len(shape) == 2:
-    return shape[::-1]
-  return shape
-
-
-def _from_timm(array: np.ndarray) -> np.ndarray:
-  array = np.asarray(array, dtype=np.float32)
-  if array.ndim == 4:
-    return np.ascontiguousarray(array.transpose(2, 3, 1, 0))
-  if array.ndim == 2:
-    return np.ascontiguousarray(array.T)
-  return array
-
-
-def convnext_params_from_timm(state_dict: Mapping[str, np.ndarray], model: ConvNeXt) -> dict:
-  """Converts a timm ConvNeXt state dict into the nested Flax params of ``model``.
-
-  ``state_dict`` maps timm 1.0 names (``stem.0.weight``, ``stages.{i}.downsample.{0,1}.*``,
-  ``stages.{i}.blocks.{j}.{conv_dw,norm,mlp.fc1,mlp.fc2}.*``, ``...gamma``, ``head.norm.*``,
-  ``head.fc.*``; the names timm has used since it added ConvNeXt) to numpy arrays, e.g.
-  from ``safetensors.numpy.load_file`` or ``{k: v.numpy() for k, v in sd.items()}``. Convs go
-  from OIHW to HWIO, Linear weights are transposed; the result is float32 ``np.ndarray``s.
-
-  The classifier ``head.fc.*`` is the one exception to strict loading: when the model has
-  num_classes == 0, or the checkpoint's head does not fit the model (another class count,
-  or only one of weight/bias), or the checkpoint has no head, the checkpoint's head is
-  dropped and the model gets a fresh zero head (zero kernel and bias, the model's own
-  init) -- a new task gets a new head. Everything else must match exactly: every missing,
-  unexpected, mis-shaped or non-float key is named in one ValueError.
-
-  The expected names and shapes come from ``jax.eval_shape`` of ``model.init`` (nothing is
-  computed). Checkpoints of the original facebookresearch/ConvNeXt repository
-  (``downsample_layers.*``, ``dwconv``, ``pwconv1``) must first go through timm's
-  ``checkpoint_filter_fn``.
-  """
-  dummy = jax.ShapeDtypeStruct((1, model.image_size, model.image_size, 3), jnp.float32)
-  shapes = jax.eval_shape(
-    lambda x: model.init(jax.random.PRNGKey(0), x, train=False)['params'], dummy
-  )
-  expected = {k: tuple(v.shape) for k, v in flat(shapes).items()}
-  names = {k: _timm_name(k) for k in expected}
-  model_head = {k for k in expected if k.startswith('head/')}
-  loaded = dict(state_dict)
-
-  file_head = {k for k in _TIMM_HEAD if k in loaded}
-  head_fits = bool(model_head) and all(
-    names[k] in loaded and tuple(np.shape(loaded[names[k]])) == _timm_shape(expected[k])
-    for k in model_head
-  )
-  if file_head and not head_fits:
-    log.info(
-      'dropping the checkpoint head %s; the model head %s keeps its fresh zero init',
-      {k: tuple(np.shape(loaded[k])) for k in sorted(file_head)},
-      {k: expected[k] for k in sorted(model_head)},
-    )
-    for k in file_head:
-      del loaded[k]
-
-  problems, out = [], {}
-  for path in sorted(expected, key=lambda p: names[p]):
-    name, want = names[path], _timm_shape(expected[path])
-    if name not in loaded:
-      if path in model_head:
-        out[path] = np.zeros(expected[path], np.float32)  # the model's head init: zeros
-      else:
-        problems.append(f'missing {name} {want} (for {path})')
-      continue
-    value = loaded[name]
-    got = tuple(np.shape(value))
-    if got != want:
-      problems.append(f'wrong shape {name}: checkpoint {got}, model needs {want} (for {path})')
-    elif np.asarray(value).dtype.kind != 'f':
-      problems.append(f'non-float dtype {name} {np.asarray(value).dtype}')
-    else:
-      out[path] = _from_timm(value)
-  used = set(names.values())
-  problems += [f'unexpected {k} {tuple(np.shape(loaded[k]))}' for k in sorted(set(loaded) - used)]
-  if problems:
-    raise ValueError(
-      f'timm ConvNeXt state dict does not fit the model ({len(problems)} problems):\n  '
-      + '\n  '.join(problems)
-    )
-  return unflat(out)

@@ -23,14 +23,13 @@ Parameter layout (``'/'``-joined paths; every submodule is named explicitly)::
     norm/{scale,bias}                             final LayerNorm
     head/{kernel,bias}                            only when num_classes > 0 (zero-initialised)
 
-:func:`swin_params_from_timm` converts a timm state dict (NumPy arrays) into this layout.
+:func:`gps_jax.models.swin_timm.swin_params_from_timm` converts a timm state dict (NumPy arrays)
+into this layout.
 """
 
 from __future__ import annotations
 
-import logging
-import math
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import flax.linen as nn
 import jax
@@ -38,16 +37,19 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from gps_jax.models.layers import (
+  IMAGENET_MEAN,
+  IMAGENET_STD,
+  Mlp,
+  drop_path,
+  drop_path_rates,
+  layer_norm,
+  trunc_normal_init,
+)
 from gps_jax.models.model_config import module_fields, named_config, task_head
-from gps_jax.models.vit import _drop_path
-from gps_jax.tree import flat, unflat
-
-log = logging.getLogger(__name__)
 
 LN_EPSILON = 1e-5  # torch.nn.LayerNorm's default, used throughout timm's Swin.
 MASK_VALUE = -100.0  # timm / the original Swin fill the shifted-window mask with -100, not -inf.
-IMAGENET_DEFAULT_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_DEFAULT_STD = (0.229, 0.224, 0.225)
 
 # name -> (embed_dim, depths, num_heads); timm's swin_{tiny,small,base,large}_patch4_window7_224.
 SWIN_VARIANTS = {
@@ -57,21 +59,19 @@ SWIN_VARIANTS = {
   'L': dict(embed_dim=192, depths=(2, 2, 18, 2), num_heads=(6, 12, 24, 48)),
 }
 
-_dense_init = nn.initializers.truncated_normal(stddev=0.02)
-
-
 # ----------------------------------------------------------------------------------------------
 # Constants computed in NumPy (not params).
 
 
-def _pair(v) -> tuple[int, int]:
+def to_2tuple(v) -> tuple[int, int]:
+  """An int or a pair -> (int, int)."""
   return (int(v), int(v)) if np.isscalar(v) else (int(v[0]), int(v[1]))
 
 
 def relative_position_index(window: Sequence[int]) -> np.ndarray:
   """(Wh*Ww, Wh*Ww) int index into the ((2Wh-1)*(2Ww-1), heads) bias table, as timm's
   ``get_relative_position_index``: (dy + Wh - 1) * (2Ww - 1) + (dx + Ww - 1)."""
-  wh, ww = _pair(window)
+  wh, ww = to_2tuple(window)
   coords = np.stack(np.meshgrid(np.arange(wh), np.arange(ww), indexing='ij')).reshape(2, -1)
   rel = coords[:, :, None] - coords[:, None, :]  # 2, N, N
   return (rel[0] + wh - 1) * (2 * ww - 1) + (rel[1] + ww - 1)
@@ -106,18 +106,6 @@ def shifted_window_mask(
   return np.where(diff != 0, MASK_VALUE, 0.0).astype(np.float32)
 
 
-def drop_path_rates(drop_path_rate: float, depths: Sequence[int]) -> list[list[float]]:
-  """Per-block stochastic-depth rates, linear from 0 to drop_path_rate over all blocks and
-  split per stage (timm's ``calculate_drop_path_rates(rate, depths, stagewise=True)``)."""
-  total = sum(depths)
-  rates = [drop_path_rate * k / max(total - 1, 1) for k in range(total)]
-  out, start = [], 0
-  for d in depths:
-    out.append(rates[start : start + d])
-    start += d
-  return out
-
-
 def _window_partition(x, window):
   """(B, H, W, C) -> (B * num_windows, Wh * Ww, C), windows in timm's order."""
   b, h, w, c = x.shape
@@ -132,11 +120,6 @@ def _window_reverse(windows, window, b, h, w):
   c = windows.shape[-1]
   x = windows.reshape(b, h // wh, w // ww, wh, ww, c).transpose(0, 1, 3, 2, 4, 5)
   return x.reshape(b, h, w, c)
-
-
-def _layer_norm(name: str, dtype) -> nn.LayerNorm:
-  # use_fast_variance=False: E[(x-mean)^2] like torch, not E[x^2]-mean^2 (loses precision).
-  return nn.LayerNorm(epsilon=LN_EPSILON, dtype=dtype, use_fast_variance=False, name=name)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -158,13 +141,13 @@ class WindowAttention(nn.Module):
     heads = self.num_heads
     head_dim = c // heads
     wh, ww = self.window_size
-    qkv = nn.Dense(3 * c, dtype=self.dtype, kernel_init=_dense_init, name='qkv')(x)
+    qkv = nn.Dense(3 * c, dtype=self.dtype, kernel_init=trunc_normal_init, name='qkv')(x)
     qkv = qkv.reshape(b, n, 3, heads, head_dim)
     q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # (b, n, heads, head_dim)
     attn = jnp.einsum('bqhd,bkhd->bhqk', q * (head_dim**-0.5), k)
 
     table = self.param(
-      'relative_position_bias_table', _dense_init, ((2 * wh - 1) * (2 * ww - 1), heads)
+      'relative_position_bias_table', trunc_normal_init, ((2 * wh - 1) * (2 * ww - 1), heads)
     )
     index = relative_position_index(self.window_size).reshape(-1)
     bias = table[index].reshape(n, n, heads).transpose(2, 0, 1)  # heads, N, N
@@ -175,20 +158,7 @@ class WindowAttention(nn.Module):
       attn = attn.reshape(b, heads, n, n)
     attn = jax.nn.softmax(attn.astype(jnp.float32), axis=-1).astype(v.dtype)
     out = jnp.einsum('bhqk,bkhd->bqhd', attn, v).reshape(b, n, c)
-    return nn.Dense(c, dtype=self.dtype, kernel_init=_dense_init, name='proj')(out)
-
-
-class Mlp(nn.Module):
-  """fc1 -> exact GELU -> fc2 (timm's ``Mlp`` without dropout)."""
-
-  hidden_dim: int
-  dtype: Any = jnp.float32
-
-  @nn.compact
-  def __call__(self, x):
-    y = nn.Dense(self.hidden_dim, dtype=self.dtype, kernel_init=_dense_init, name='fc1')(x)
-    y = nn.gelu(y, approximate=False)
-    return nn.Dense(x.shape[-1], dtype=self.dtype, kernel_init=_dense_init, name='fc2')(y)
+    return nn.Dense(c, dtype=self.dtype, kernel_init=trunc_normal_init, name='proj')(out)
 
 
 class SwinTransformerBlock(nn.Module):
@@ -207,8 +177,10 @@ class SwinTransformerBlock(nn.Module):
   @nn.compact
   def __call__(self, x, *, deterministic: bool):
     b, h, w, c = x.shape
-    window, shift = effective_window_shift((h, w), _pair(self.window_size), _pair(self.shift_size))
-    y = _layer_norm('norm1', self.dtype)(x)
+    window, shift = effective_window_shift(
+      (h, w), to_2tuple(self.window_size), to_2tuple(self.shift_size)
+    )
+    y = layer_norm('norm1', LN_EPSILON, self.dtype)(x)
     if any(shift):
       y = jnp.roll(y, (-shift[0], -shift[1]), axis=(1, 2))
     pad_h, pad_w = (-h) % window[0], (-w) % window[1]
@@ -222,10 +194,10 @@ class SwinTransformerBlock(nn.Module):
     y = _window_reverse(y, window, b, hp, wp)[:, :h, :w]
     if any(shift):
       y = jnp.roll(y, shift, axis=(1, 2))
-    x = x + _drop_path(self, y, self.drop_path_rate, deterministic)
-    y = _layer_norm('norm2', self.dtype)(x)
+    x = x + drop_path(self, y, self.drop_path_rate, deterministic)
+    y = layer_norm('norm2', LN_EPSILON, self.dtype)(x)
     y = Mlp(int(c * self.mlp_ratio), self.dtype, name='mlp')(y)
-    return x + _drop_path(self, y, self.drop_path_rate, deterministic)
+    return x + drop_path(self, y, self.drop_path_rate, deterministic)
 
 
 class PatchMerging(nn.Module):
@@ -243,9 +215,13 @@ class PatchMerging(nn.Module):
       h, w = h + h % 2, w + w % 2
     x = x.reshape(b, h // 2, 2, w // 2, 2, c).transpose(0, 1, 3, 4, 2, 5)
     x = x.reshape(b, h // 2, w // 2, 4 * c)
-    x = _layer_norm('norm', self.dtype)(x)
+    x = layer_norm('norm', LN_EPSILON, self.dtype)(x)
     return nn.Dense(
-      self.out_dim, use_bias=False, dtype=self.dtype, kernel_init=_dense_init, name='reduction'
+      self.out_dim,
+      use_bias=False,
+      dtype=self.dtype,
+      kernel_init=trunc_normal_init,
+      name='reduction',
     )(x)
 
 
@@ -262,7 +238,7 @@ class PatchEmbed(nn.Module):
     x = nn.Conv(
       self.embed_dim, (p, p), strides=(p, p), padding='VALID', dtype=self.dtype, name='proj'
     )(x)
-    return _layer_norm('norm', self.dtype)(x)
+    return layer_norm('norm', LN_EPSILON, self.dtype)(x)
 
 
 class SwinTransformerStage(nn.Module):
@@ -350,7 +326,7 @@ class SwinTransformer(nn.Module):
         dtype=self.dtype,
         name=f'layers_{i}',
       )(x, deterministic=not train)
-    x = _layer_norm('norm', self.dtype)(x)
+    x = layer_norm('norm', LN_EPSILON, self.dtype)(x)
     features = jnp.mean(x, axis=(1, 2))
     return task_head(features, self.num_classes, self.dtype), features
 
@@ -390,8 +366,8 @@ def swin_config(
     mlp_ratio=4.0,
     drop_path_rate=0.0,
     dtype='float32',
-    mean=IMAGENET_DEFAULT_MEAN,
-    std=IMAGENET_DEFAULT_STD,
+    mean=IMAGENET_MEAN,
+    std=IMAGENET_STD,
   )
   return named_config(
     'swin', variant, _variant_fields, defaults, overrides, label='Swin',
@@ -408,187 +384,3 @@ def build_swin(model_config) -> SwinTransformer:
     int_tuples=('depths', 'num_heads'),
   )  # fmt: skip
   return SwinTransformer(**fields)
-
-
-# ----------------------------------------------------------------------------------------------
-# timm checkpoints.
-
-
-def _beit_source_positions(src: int, dst: int) -> list[float]:
-  """Source sample positions of timm's (BEiT's) table resize: a geometric progression whose
-  ratio q in [1.01, 1.5] is bisected so that the src grid spans about the dst grid."""
-  left, right = 1.01, 1.5
-  while right - left > 1e-6:
-    q = (left + right) / 2.0
-    gp = (1.0 - q ** (src // 2)) / (1.0 - q)
-    if gp > dst // 2:
-      right = q
-    else:
-      left = q
-  dis, cur = [], 1
-  for i in range(src // 2):
-    dis.append(cur)
-    cur += q ** (i + 1)
-  return [-d for d in reversed(dis)] + [0] + dis
-
-
-def _linear_weights(points: np.ndarray, x: np.ndarray):
-  """Bracketing indices and distances of timm's ``RegularGridInterpolator`` (piecewise
-  linear on an uneven grid; values beyond the ends are those of the end points)."""
-  right = np.minimum(np.searchsorted(points, x, side='left'), len(points) - 1)
-  left = np.clip(right - 1, 0, len(points) - 1)
-  dist_left = np.maximum(x - points[left], 0).astype(np.float32)
-  dist_right = np.maximum(points[right] - x, 0).astype(np.float32)
-  both = (dist_left == 0) & (dist_right == 0)
-  dist_left[both] = 1.0
-  dist_right[both] = 1.0
-  return (left, right), (dist_left, dist_right)
-
-
-def resize_relative_position_table(
-  table, new_window, *, old_window: Optional[Sequence[int]] = None
-) -> np.ndarray:
-  """Resizes a ((2w-1)*(2w-1), heads) relative position bias table to ``new_window``
-  (int or (h, w)), per head, exactly as timm 1.0's ``resize_rel_pos_bias_table`` does by
-  default (``TIMM_USE_SCIPY_INTERP`` unset): the source grid is placed on BEiT's geometric
-  progression of offsets and sampled at the integer target offsets by piecewise-linear
-  interpolation (which is not plain bicubic resizing). ``old_window`` defaults to the square
-  window the table size implies. Computes in float32; returns the table's float dtype."""
-  table = np.asarray(table)
-  if table.ndim != 2:
-    raise ValueError(f'relative position table must be (positions, heads), got {table.shape}')
-  dst = tuple(2 * w - 1 for w in _pair(new_window))
-  if old_window is not None:
-    src = tuple(2 * w - 1 for w in _pair(old_window))
-  else:
-    side = math.isqrt(table.shape[0])
-    if side * side != table.shape[0] or side % 2 == 0:
-      raise ValueError(
-        f'relative position table of {table.shape[0]} positions is not a (2w-1)^2 grid; '
-        'pass old_window'
-      )
-    src = (side, side)
-  if src[0] * src[1] != table.shape[0]:
-    raise ValueError(f'table of shape {table.shape} does not fit old window {old_window}')
-  if src == dst:
-    return table.copy()
-  heads = table.shape[1]
-  grid = table.astype(np.float32).T.reshape(heads, src[0], src[1])
-  py = np.asarray(_beit_source_positions(src[0], dst[0]), np.float32)
-  px = np.asarray(_beit_source_positions(src[1], dst[1]), np.float32)
-  ty, tx = dst[0] // 2, dst[1] // 2
-  ty_, tx_ = np.arange(-ty, ty + 1, dtype=np.float32), np.arange(-tx, tx + 1, dtype=np.float32)
-  (yl, yr), (dyl, dyr) = _linear_weights(py, ty_)
-  (xl, xr), (dxl, dxr) = _linear_weights(px, tx_)
-  # sum over the 4 corners of value * (distance to the opposite bracket), as timm does.
-  out = (
-    grid[:, yl][:, :, xl] * (dyr[:, None] * dxr[None, :])
-    + grid[:, yl][:, :, xr] * (dyr[:, None] * dxl[None, :])
-    + grid[:, yr][:, :, xl] * (dyl[:, None] * dxr[None, :])
-    + grid[:, yr][:, :, xr] * (dyl[:, None] * dxl[None, :])
-  ) / ((dyl + dyr)[:, None] * (dxl + dxr)[None, :])
-  out = out.reshape(heads, dst[0] * dst[1]).T
-  return np.ascontiguousarray(out.astype(table.dtype if table.dtype.kind == 'f' else np.float32))
-
-
-_IGNORED_BUFFERS = ('relative_position_index', 'attn_mask')
-
-
-def _timm_name(path: str) -> str:
-  """'layers_1/blocks_0/attn/qkv/kernel' -> 'layers.1.blocks.0.attn.qkv.weight'."""
-  parts = path.split('/')
-  leaf = {'kernel': 'weight', 'scale': 'weight'}.get(parts[-1], parts[-1])
-  mods = []
-  for p in parts[:-1]:
-    for prefix in ('layers_', 'blocks_'):
-      if p.startswith(prefix) and p[len(prefix) :].isdigit():
-        p = f'{prefix[:-1]}.{p[len(prefix) :]}'
-    mods.append(p)
-  if mods == ['head']:
-    mods = ['head', 'fc']
-  return '.'.join(mods + [leaf])
-
-
-def _to_flax(path: str, value: np.ndarray) -> np.ndarray:
-  if path.endswith('/kernel'):
-    if value.ndim == 4:  # conv OIHW -> HWIO
-      return value.transpose(2, 3, 1, 0)
-    return value.T  # Linear (out, in) -> Dense (in, out)
-  return value
-
-
-def _timm_shape(path: str, shape: tuple) -> tuple:
-  if path.endswith('/kernel'):
-    return (*shape[2:][::-1], *shape[:2][::-1]) if len(shape) == 4 else shape[::-1]
-  return shape
-
-
-def _expected_shapes(model: SwinTransformer) -> dict[str, tuple]:
-  dummy = jnp.zeros((1, model.image_size, model.image_size, 3), jnp.float32)
-  shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), dummy, train=False)['params'])
-  return {k: tuple(v.shape) for k, v in flat(shapes).items()}
-
-
-def swin_params_from_timm(state_dict: Mapping[str, Any], model: SwinTransformer) -> dict:
-  """Converts a timm ``SwinTransformer`` state dict (name -> NumPy array, e.g. from
-  ``safetensors.numpy.load_file``) into the nested float32 params of ``model``.
-
-  Conv weights OIHW -> HWIO, Linear weights transposed, LayerNorm weight -> scale. Buffers
-  (``relative_position_index``, ``attn_mask``) are ignored. A relative position table of
-  another window is resized with :func:`resize_relative_position_table` (as timm's
-  ``checkpoint_filter_fn``). A ``head.fc`` of another shape, or any head when
-  ``num_classes == 0``, is dropped; a head absent from the checkpoint or dropped is replaced
-  by the model's fresh zero head. Every other missing, unexpected or mis-shaped key is
-  reported by name in one ValueError.
-  """
-  expected = _expected_shapes(model)  # flax path -> shape
-  by_timm = {_timm_name(p): p for p in expected}
-  loaded = {k: np.asarray(v) for k, v in state_dict.items() if not k.endswith(_IGNORED_BUFFERS)}
-
-  # The classifier: kept only when it fits exactly.
-  ckpt_head = sorted(k for k in loaded if k.startswith('head.'))
-  model_head = {_timm_name(p): p for p in expected if p.startswith('head/')}
-  head_fits = set(ckpt_head) == set(model_head) and all(
-    loaded[k].shape == _timm_shape(model_head[k], expected[model_head[k]]) for k in model_head
-  )
-  if ckpt_head and not head_fits:
-    log.info(
-      'dropping checkpoint head %s; the model head %s keeps its fresh zero init',
-      {k: loaded[k].shape for k in ckpt_head},
-      {p: expected[p] for p in model_head.values()},
-    )
-    for k in ckpt_head:
-      del loaded[k]
-
-  problems, out = [], {}
-  for name, path in sorted(by_timm.items()):
-    want = _timm_shape(path, expected[path])
-    if name not in loaded:
-      if path.startswith('head/'):
-        out[path] = np.zeros(expected[path], np.float32)
-      else:
-        problems.append(f'missing {name} {want} (model param {path})')
-      continue
-    value = loaded[name]
-    if value.dtype.kind != 'f':
-      problems.append(f'non-float {name} dtype {value.dtype}')
-      continue
-    if path.endswith('/relative_position_bias_table') and value.shape != want:
-      side = math.isqrt(value.shape[0]) if value.ndim == 2 else 0
-      if (
-        value.ndim == 2 and value.shape[1] == want[1] and side * side == value.shape[0] and side % 2
-      ):
-        new_window = (math.isqrt(want[0]) + 1) // 2
-        log.info('resizing %s from %s to %s', name, value.shape, want)
-        value = resize_relative_position_table(value, new_window)
-    if value.shape != want:
-      problems.append(f'wrong shape {name}: checkpoint {value.shape}, model {want} ({path})')
-      continue
-    out[path] = np.asarray(_to_flax(path, value), np.float32)
-  problems += [f'unexpected {k} {loaded[k].shape}' for k in sorted(set(loaded) - set(by_timm))]
-  if problems:
-    raise ValueError(
-      f'timm Swin state dict does not fit the model ({len(problems)} problems):\n  '
-      + '\n  '.join(problems)
-    )
-  return unflat(out)

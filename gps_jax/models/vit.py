@@ -20,10 +20,10 @@ from __future__ import annotations
 from typing import Any, Optional
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 import ml_collections
 
+from gps_jax.models.layers import INCEPTION_MEAN, INCEPTION_STD, drop_path
 from gps_jax.models.model_config import module_fields, named_config, task_head
 
 LN_EPSILON = 1e-6  # vit_jax uses 1e-6, not flax's default 1e-5.
@@ -54,16 +54,6 @@ def _parse_variant(variant: str) -> dict:
 
 
 VIT_VARIANTS = {f'{w}/{p}': _parse_variant(f'{w}/{p}') for w in _WIDTHS for p in _PATCHES}
-
-
-def _drop_path(module: nn.Module, x: jax.Array, rate: float, deterministic: bool) -> jax.Array:
-  """Stochastic depth: zeroes whole samples of a residual branch with probability ``rate``
-  and scales the kept ones by 1/(1-rate). Uses the module's 'dropout' rng."""
-  if deterministic or rate == 0.0:
-    return x
-  keep = 1.0 - rate
-  mask = jax.random.bernoulli(module.make_rng('dropout'), keep, (x.shape[0],) + (1,) * (x.ndim - 1))
-  return jnp.where(mask, x / keep, jnp.zeros_like(x))
 
 
 class MlpBlock(nn.Module):
@@ -111,12 +101,12 @@ class Encoder1DBlock(nn.Module):
       name='MultiHeadDotProductAttention_1',
     )(x, x, deterministic=deterministic)
     x = nn.Dropout(self.dropout_rate, name='Dropout_0')(x, deterministic=deterministic)
-    x = inputs + _drop_path(self, x, self.drop_path_rate, deterministic)
+    x = inputs + drop_path(self, x, self.drop_path_rate, deterministic)
     y = nn.LayerNorm(epsilon=LN_EPSILON, dtype=self.dtype, name='LayerNorm_2')(x)
     y = MlpBlock(self.mlp_dim, self.dropout_rate, self.dtype, name='MlpBlock_3')(
       y, deterministic=deterministic
     )
-    return x + _drop_path(self, y, self.drop_path_rate, deterministic)
+    return x + drop_path(self, y, self.drop_path_rate, deterministic)
 
 
 class AddPositionEmbs(nn.Module):
@@ -248,8 +238,8 @@ def vit_config(
     attention_dropout_rate=0.0,
     drop_path_rate=0.0,
     dtype='float32',
-    mean=(0.5, 0.5, 0.5),
-    std=(0.5, 0.5, 0.5),
+    mean=INCEPTION_MEAN,
+    std=INCEPTION_STD,
   )
   return named_config(
     'vit', variant, _parse_variant, defaults, overrides, label='ViT', num_classes=num_classes,

@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import jax
 import ml_collections
@@ -18,15 +18,18 @@ from gps_jax import checkpoint
 from gps_jax import files
 from gps_jax import mask_stats
 from gps_jax import methods
+from gps_jax import metrics as metrics_lib
 from gps_jax import roles as roles_lib
 from gps_jax import selection
 from gps_jax import sharding as shard_lib
 from gps_jax import trainer as trainer_lib
 from gps_jax import tree as tree_lib
+from gps_jax import updates
 from gps_jax import weights
 from gps_jax.config_defaults import VIT_B16_I21K_FILE
 from gps_jax.data import input_pipeline as pipeline
 from gps_jax.data import splits as splits_lib
+from gps_jax.metrics import say
 
 
 @dataclasses.dataclass
@@ -95,7 +98,7 @@ def load_params(config: ml_collections.ConfigDict, model, model_config, rng: jax
   return tree_lib.flat(params)
 
 
-def setup_backbone(config: ml_collections.ConfigDict, rng: jax.Array, say: Callable) -> Backbone:
+def setup_backbone(config: ml_collections.ConfigDict, rng: jax.Array) -> Backbone:
   """Stage 1: the model, its parameters on the device, the roles and the device mesh."""
   num_classes = splits_lib.num_classes(config.data)
   model_config = {**config.model.to_dict(), 'num_classes': num_classes}
@@ -126,7 +129,6 @@ def select_indices(
   train_split,
   rng: jax.Array,
   data_seed: int,
-  say: Callable,
 ) -> tuple[dict, dict]:
   """Stage 2: (indices, info) of the `select` leaves, from the method's score source."""
   if not roles_lib.leaves_with_role(bb.roles, 'select'):
@@ -195,7 +197,7 @@ def make_iterators(config: ml_collections.ConfigDict, train_split, start_step: i
   return train_iter, eval_sets, final_sets, split_names
 
 
-def _results(config, bb, stats, has_select, tuner, out, durations, timing, info, splits) -> dict:
+def _results(config, stats, tuner, out, durations, timing, info, splits) -> dict:
   """Stage 5's record of the run: results.json."""
   use_ema = bool(tuner.ema_decay)
   results = {
@@ -208,7 +210,7 @@ def _results(config, bb, stats, has_select, tuner, out, durations, timing, info,
       + (' with the EMA weights' if use_ema else '')
       + '; nothing is chosen on test'
     ),
-    'k': config.gps.k if has_select else None,
+    'k': config.gps.k if stats['selected_entries'] else None,
     'update_mode': tuner.mode,
     'trainable': stats['trainable'],
     'trainable_without_head': stats['backbone_trainable'],
@@ -233,39 +235,62 @@ def _results(config, bb, stats, has_select, tuner, out, durations, timing, info,
   return results
 
 
-def run(
-  config: ml_collections.ConfigDict, workdir: str, printer: Callable[[str], None] = print
-) -> tuple[dict, dict]:
-  """Runs one experiment; writes results.json, mask_stats.json and the delta checkpoint.
+def update_rule(config: ml_collections.ConfigDict, bb: Backbone, indices: dict):
+  """The update rule of the run: the method's own, else ``config.train.update_mode``."""
+  name = methods.get(config.method).update or config.train.update_mode
+  return updates.make(name, bb.roles, indices)
+
+
+def restore_or_select(config, bb, ckpts, train_split, rng, data_seed) -> tuple[int, dict, dict]:
+  """Stage 2: (start step, indices, info); a rerun in the same workdir resumes."""
+  start_step = ckpts.latest_step() or 0
+  if not start_step:
+    return 0, *select_indices(config, bb, train_split, rng, data_seed)
+  ckpts.check_resumable(start_step, config)
+  say(f'[{config.method}] resuming from the checkpoint of step {start_step}')
+  has_select = bool(roles_lib.leaves_with_role(bb.roles, 'select'))
+  indices = ckpts.restore_indices(start_step) if has_select else {}
+  return start_step, indices, {'restored_from_step': start_step}
+
+
+def write_delta(config, bb: Backbone, tuner, state, workdir: str) -> None:
+  """Stage 5a: the task's sparse delta and its manifest in <workdir>/checkpoint."""
+  select = roles_lib.leaves_with_role(bb.roles, 'select')
+  manifest = checkpoint.make_manifest(
+    method=config.method,
+    k=config.gps.k if select else None,
+    model=bb.model_config,
+    base_path=bb.base_path,
+    base_sha256=bb.base_sha256,
+    select_roles=select,
+  )
+  checkpoint.save_delta(
+    os.path.join(workdir, 'checkpoint'), tuner.sparse_result(bb.params, state), manifest
+  )
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> tuple[dict, dict]:
+  """Runs one experiment; writes results.json, mask_stats.json, metrics.jsonl and the delta.
 
   Returns (results, the fine-tuned flat parameters).
   """
   os.makedirs(workdir, exist_ok=True)
-  writer = jax.process_index() == 0  # one process writes files and logs
   rng_init, rng_select, rng_train, rng_data = jax.random.split(jax.random.PRNGKey(config.seed), 4)
   data_seed = int(jax.random.randint(rng_data, (), 0, 2**31 - 1))
 
-  bb = setup_backbone(config, rng_init, printer)
+  bb = setup_backbone(config, rng_init)
   stats = mask_stats.mask_statistics(bb.roles, config.gps.k)
-  if writer:
+  if metrics_lib.is_writer():
     files.write_json(os.path.join(workdir, 'mask_stats.json'), stats)
-  printer(mask_stats.format_table(stats))
+  say(mask_stats.format_table(stats))
   train_split = splits_lib.open_split(config.data, config.data.train_split)
-  has_select = bool(roles_lib.leaves_with_role(bb.roles, 'select'))
-
-  # A run restarted in the same workdir continues from its latest checkpoint.
   ckpts = checkpoint.TrainCheckpoints(
     os.path.join(workdir, 'train_state'), keep=config.train.keep_checkpoints
   )
   t0 = time.perf_counter()
-  start_step = ckpts.latest_step() or 0
-  if start_step:
-    ckpts.check_resumable(start_step, config)
-    printer(f'[{config.method}] resuming from the checkpoint of step {start_step}')
-    indices = ckpts.restore_indices(start_step) if has_select else {}
-    info = {'restored_from_step': start_step}
-  else:
-    indices, info = select_indices(config, bb, train_split, rng_select, data_seed, printer)
+  start_step, indices, info = restore_or_select(
+    config, bb, ckpts, train_split, rng_select, data_seed
+  )
   select_seconds = time.perf_counter() - t0
 
   durations = Durations.from_config(config, train_split)
@@ -277,16 +302,13 @@ def run(
     num_classes=bb.num_classes,
     total_steps=durations.total_steps,
     warmup_steps=durations.warmup_steps,
-    mode=config.train.update_mode,
     mesh=bb.mesh,
+    update=update_rule(config, bb, indices),
   )
   train_iter, eval_sets, final_sets, split_names = make_iterators(
     config, train_split, start_step, data_seed
   )
-  printer(
-    f'[{config.method}] fine-tuning {durations.total_steps} steps '
-    f'({config.train.update_mode} mode)'
-  )
+  say(f'[{config.method}] fine-tuning {durations.total_steps} steps ({tuner.mode} update)')
   meta = {
     'config': config.to_dict(),
     'base': {'path': bb.base_path or None, 'sha256': bb.base_sha256},
@@ -304,7 +326,7 @@ def run(
       final_sets=final_sets,
       eval_every=durations.eval_every,
       log_every=config.train.log_every,
-      printer=printer,
+      log=metrics_lib.MetricsLog(workdir),
       restore=(lambda target: ckpts.restore_state(start_step, target)) if start_step else None,
       save=lambda step, state: ckpts.save(
         step, state, indices, {**meta, 'data_position': {'step': step, 'examples': step * bs}}
@@ -317,20 +339,8 @@ def run(
   state = out['state']
   if tuner.ema_decay:  # The recipe's model is the moving average: it is what we report and save.
     state = state.replace(trainable=state.ema)
-  manifest = checkpoint.make_manifest(
-    method=config.method,
-    k=config.gps.k if has_select else None,
-    model=bb.model_config,
-    base_path=bb.base_path,
-    base_sha256=bb.base_sha256,
-    select_roles=roles_lib.leaves_with_role(bb.roles, 'select'),
-  )
-  checkpoint.save_delta(
-    os.path.join(workdir, 'checkpoint'), tuner.sparse_result(bb.params, state), manifest
-  )
-  results = _results(
-    config, bb, stats, has_select, tuner, out, durations, select_seconds, info, split_names
-  )
-  if writer:
+  write_delta(config, bb, tuner, state, workdir)
+  results = _results(config, stats, tuner, out, durations, select_seconds, info, split_names)
+  if metrics_lib.is_writer():
     files.write_json(os.path.join(workdir, 'results.json'), results)
   return results, tuner.compose_jit(out['frozen'], out['aux'], state.trainable)

@@ -94,7 +94,7 @@ def run_config(
         sub = os.path.join(sub, f'seed_{seed}')
       cfg = method_config(config, method)
       cfg.seed = seed
-      res, _ = experiment.run(cfg, sub, printer)
+      res, _ = experiment.run(cfg, sub)
       res['seed'] = seed
       rows.append(res)
   if len(rows) > 1 and jax.process_index() == 0:

@@ -1,12 +1,9 @@
-"""The one trainer: masked fine-tuning for every method, in sparse or dense mode.
+"""The one trainer: every method's fine-tuning, through the update rule it is given.
 
-* ``sparse`` (default): the optimizer sees only the trainable state — trained
-  leaves and (neurons, K) delta values; the frozen base is a separate,
-  non-differentiated argument of the jitted step.
-* ``dense``: the reference's behaviour done right: full parameters in the
-  optimizer, ``optax.masked`` keeps no state for leaves without a trainable
-  entry, gradients and final updates are multiplied by the element masks so
-  neither Adam nor weight decay can move a frozen entry.
+The trainer builds the jitted train and eval steps once, with their shardings,
+around one update rule of `gps_jax.updates` (sparse delta, dense masked, and
+later low-rank or scale/shift rules); it never branches on which rule it holds.
+`fit` runs the steps, the evaluations, the checkpoints and the metrics log.
 """
 
 from __future__ import annotations
@@ -19,18 +16,17 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 from jax.sharding import Mesh
 
+from gps_jax import metrics as metrics_lib
 from gps_jax import optim
 from gps_jax import sharding as shard_lib
 from gps_jax import tree as tree_lib
-from gps_jax import selection
-from gps_jax import sparse
-from gps_jax.mixup import mix_batch
+from gps_jax import updates
 from gps_jax.losses import cross_entropy
+from gps_jax.mixup import mix_batch
 
-MODES = ('sparse', 'dense')
+MODES = tuple(updates.RULES)
 
 
 @flax.struct.dataclass
@@ -42,7 +38,13 @@ class TrainState:
 
 
 class MaskedFinetuner:
-  """Builds the state and the jitted train / eval steps of one run."""
+  """The state and the jitted train / eval steps of one run.
+
+  `mode` names the update rule (`gps_jax.updates.RULES`) built from `roles` and
+  `indices`; `update=` passes a rule object instead. The shapes of every part
+  come from the roles, so the steps are jitted here, once, with the shardings
+  of `mesh` (plain jit on the default device without one).
+  """
 
   def __init__(
     self,
@@ -56,73 +58,65 @@ class MaskedFinetuner:
     warmup_steps: int = 0,
     mode: str = 'sparse',
     mesh: Mesh | None = None,
+    update: Any = None,
   ):
-    if mode not in MODES:
-      raise ValueError(f'config.train.update_mode={mode!r}: use one of {MODES}')
     self.apply_fn = apply_fn
-    self.roles = roles
-    self.indices = dict(indices)
-    self.mode = mode
+    self.update = update if update is not None else updates.make(mode, roles, indices)
+    self.mode = self.update.name
     self.num_classes = num_classes
-    self.layout = sparse.fan_in_layout(roles)
-    self.label_smoothing = config.train.get('label_smoothing', 0.0)
+    train = config.train
+    self.label_smoothing = train.label_smoothing
     # timm-style batch mixup / cutmix in the step (the FGVC recipe); 0 alphas: off.
-    self.mixup = config.train.get('mixup', 0.0)
-    self.cutmix = config.train.get('cutmix', 0.0)
-    self.mix_prob = config.train.get('mix_prob', 1.0)
-    self.mix_switch_prob = config.train.get('mix_switch_prob', 0.5)
-    self.ema_decay = config.train.get('ema_decay', 0.0)
+    self.mix = dict(
+      mixup_alpha=train.mixup,
+      cutmix_alpha=train.cutmix,
+      prob=train.mix_prob,
+      switch_prob=train.mix_switch_prob,
+    )
+    self.ema_decay = train.ema_decay
     if not 0.0 <= self.ema_decay < 1.0:
       raise ValueError(f'config.train.ema_decay={self.ema_decay}: use 0 (off) or a value in (0, 1)')
     self.lr_fn = optim.schedule(config.optim, total_steps, warmup_steps)
-    inner = optim.optimizer(config.optim, self.lr_fn)
-    if mode == 'dense':
-      has_entries = {p: r.role != 'freeze' for p, r in tree_lib.flat(roles).items()}
-      self.tx = optax.masked(inner, has_entries)
-    else:
-      self.tx = inner
+    self.tx = self.update.optimizer(optim.optimizer(config.optim, self.lr_fn))
     self.mesh = mesh
-    # Without a mesh: plain jit on the default device. With one, init() rebuilds
-    # the steps with explicit in/out shardings once the shapes are known.
-    self.train_step = jax.jit(self._train_step, donate_argnums=(0,))
-    self.compose_jit = jax.jit(self.compose)
-    self.eval_step = jax.jit(self._eval_step)
+    self._jit_steps(roles)
 
   # -- state -----------------------------------------------------------------
-  def init(self, params: Mapping[str, jax.Array]) -> tuple[TrainState, dict, dict]:
-    """(state, frozen, aux) from the full flat parameters of the backbone + head.
-
-    `aux` is what the step needs besides the state: the indices (sparse) or
-    the element masks (dense).
-    """
-    # A fresh device copy: the step donates the state, which must never consume
-    # the caller's arrays, and the frozen base must live on the device.
-    params = {p: jnp.array(v) for p, v in params.items()}
-    if self.mode == 'sparse':
-      frozen, trainable = sparse.split(params, self.roles, self.indices)
-      aux = self.indices
-    else:
-      frozen, trainable = {}, params
-      aux = selection.element_masks(self.indices, self.roles)
+  def _parts(self, params):
+    frozen, trainable, aux = self.update.init(params)
     state = TrainState(
       step=jnp.zeros((), jnp.int32),
       trainable=trainable,
       opt_state=self.tx.init(trainable),
       ema=jax.tree.map(jnp.copy, trainable) if self.ema_decay else None,
     )
-    if self.mesh is not None:
-      state, frozen, aux = self._shard(state, frozen, aux, params)
     return state, frozen, aux
 
-  def device_batch(self, batch: Mapping) -> Mapping:
-    """This process's host batch as global arrays on the mesh (as is without one)."""
-    return batch if self.mesh is None else shard_lib.put_batch(batch, self.mesh)
+  def init(self, params: Mapping[str, jax.Array]) -> tuple[TrainState, dict, dict]:
+    """(state, frozen, aux) from the full flat parameters of the backbone + head.
 
-  def _shard(self, state, frozen, aux, params):
-    """Places the parts on the mesh and jits the steps with explicit shardings."""
+    `aux` is what the step needs besides the state (the rule's indices or masks).
+    """
+    # A fresh device copy: the step donates the state, which must never consume
+    # the caller's arrays, and the frozen base must live on the device.
+    parts = self._parts({p: jnp.array(v) for p, v in params.items()})
+    if self.mesh is None:
+      return parts
+    return tuple(shard_lib.put_tree(t, s) for t, s in zip(parts, self._shardings))
+
+  def _jit_steps(self, roles) -> None:
+    """jax.jit of the train, compose and eval steps, with explicit shardings on a mesh."""
+    abstract = {p: jax.ShapeDtypeStruct(r.shape, jnp.float32) for p, r in tree_lib.flat(roles).items()}
+    if self.mesh is None:
+      self._shardings = None
+      self.train_step = jax.jit(self._train_step, donate_argnums=(0,))
+      self.compose_jit = jax.jit(self.compose)
+      self.eval_step = jax.jit(self._eval_step)
+      return
     mesh = self.mesh
-    state_sh, frozen_sh, aux_sh = (shard_lib.tree_shardings(mesh, t) for t in (state, frozen, aux))
-    params_sh = shard_lib.tree_shardings(mesh, params)
+    parts = jax.eval_shape(self._parts, abstract)
+    self._shardings = state_sh, frozen_sh, aux_sh = [shard_lib.tree_shardings(mesh, t) for t in parts]
+    params_sh = shard_lib.tree_shardings(mesh, abstract)
     batch_sh, repl = shard_lib.batch_sharding(mesh), shard_lib.replicated(mesh)
     self.train_step = jax.jit(
       self._train_step,
@@ -131,29 +125,23 @@ class MaskedFinetuner:
       donate_argnums=(0,),
     )
     self.compose_jit = jax.jit(
-      self.compose,
-      in_shardings=(frozen_sh, aux_sh, state_sh.trainable),
-      out_shardings=params_sh,
+      self.compose, in_shardings=(frozen_sh, aux_sh, state_sh.trainable), out_shardings=params_sh
     )
     self.eval_step = jax.jit(
       self._eval_step, in_shardings=(params_sh, batch_sh), out_shardings=(repl, repl)
     )
-    put = shard_lib.put_tree
-    return put(state, state_sh), put(frozen, frozen_sh), put(aux, aux_sh)
+
+  def device_batch(self, batch: Mapping) -> Mapping:
+    """This process's host batch as global arrays on the mesh (as is without one)."""
+    return batch if self.mesh is None else shard_lib.put_batch(batch, self.mesh)
 
   def compose(self, frozen, aux, trainable) -> dict[str, jax.Array]:
     """Full flat parameters from the parts."""
-    if self.mode == 'sparse':
-      return sparse.combine(frozen, aux, trainable, self.layout)
-    return trainable
+    return self.update.combine(frozen, aux, trainable)
 
   def sparse_result(self, base: Mapping[str, jax.Array], state: TrainState) -> dict:
     """The task's result as a sparse delta: {'indices', 'train', 'delta'}."""
-    if self.mode == 'sparse':
-      trainable = state.trainable
-    else:
-      trainable = sparse.delta_from_dense(base, state.trainable, self.roles, self.indices)
-    return {'indices': self.indices, **trainable}
+    return self.update.export(base, state.trainable)
 
   # -- steps -----------------------------------------------------------------
   def _loss(self, trainable, frozen, aux, batch, rng):
@@ -165,7 +153,7 @@ class MaskedFinetuner:
 
   @property
   def mixes(self) -> bool:
-    return bool(self.mixup or self.cutmix)
+    return bool(self.mix['mixup_alpha'] or self.mix['cutmix_alpha'])
 
   def _mix(self, batch, rng):
     """Mixup / cutmix of the batch with soft, smoothed targets (timm's Mixup)."""
@@ -174,11 +162,8 @@ class MaskedFinetuner:
       batch['image'],
       batch['label'],
       self.num_classes,
-      mixup_alpha=self.mixup,
-      cutmix_alpha=self.cutmix,
-      switch_prob=self.mix_switch_prob,
-      prob=self.mix_prob,
       label_smoothing=self.label_smoothing,
+      **self.mix,
     )
     return {**batch, 'image': images, 'label': targets}
 
@@ -191,19 +176,9 @@ class MaskedFinetuner:
     (loss, logits), grads = jax.value_and_grad(self._loss, has_aux=True)(
       state.trainable, frozen, aux, batch, rng
     )
-    if self.mode == 'dense':
-      grads = jax.tree.map(lambda g, m: jnp.where(m, g, 0), grads, aux)
-      decay_params = state.trainable
-    else:
-      decay_params = sparse.effective_values(frozen, aux, state.trainable, self.layout)
-    updates, opt_state = self.tx.update(grads, state.opt_state, decay_params)
-    if self.mode == 'dense':
-      # where() instead of adding a zero update: frozen entries stay bit-identical.
-      trainable = jax.tree.map(
-        lambda p, u, m: jnp.where(m, p + u.astype(p.dtype), p), state.trainable, updates, aux
-      )
-    else:
-      trainable = optax.apply_updates(state.trainable, updates)
+    trainable, opt_state = self.update.apply_gradients(
+      self.tx, state.trainable, state.opt_state, grads, frozen, aux
+    )
     ema = state.ema
     if self.ema_decay:
       d = self.ema_decay
@@ -253,7 +228,7 @@ def fit(
   final_sets: Mapping[str, Callable[[], Iterable]] = (),
   eval_every: int = 0,
   log_every: int = 50,
-  printer: Callable[[str], None] = print,
+  log: metrics_lib.MetricsLog | None = None,
   restore: Callable[[TrainState], TrainState] | None = None,
   save: Callable[[int, TrainState], None] | None = None,
   save_every: int = 0,
@@ -269,11 +244,14 @@ def fit(
   `eval_sets` (e.g. validation) are evaluated every `eval_every` steps and at
   the end; `final_sets` (e.g. test) only at the end, so that nothing can be
   chosen on them. With an EMA of the weights, every split is also evaluated
-  with the EMA weights, as '<split>_ema'. Each maps a split name to a callable returning a fresh
-  iterable of eval batches. Returns the final state, frozen part and aux, the
-  history of evaluations, the final accuracies, the best accuracy of each
-  `eval_sets` split, and the training wall time.
+  with the EMA weights, as '<split>_ema'. Each maps a split name to a callable
+  returning a fresh iterable of eval batches. Every `log_every` steps the
+  loss, accuracy, lr and images/s go to the console and to `log` (the run's
+  metrics.jsonl), as do the evaluations. Returns the final state, frozen part
+  and aux, the history of evaluations, the final accuracies, the best accuracy
+  of each `eval_sets` split, and the training wall time.
   """
+  log = log or metrics_lib.MetricsLog(None)
   state, frozen, aux = tuner.init(params)
   if restore is not None:
     state = restore(state)
@@ -295,8 +273,9 @@ def fit(
     state, metrics = tuner.train_step(state, frozen, aux, tuner.device_batch(batch), rng)
     images_since += int(batch['label'].shape[0])
     saving = save is not None and ((save_every and step % save_every == 0) or step == num_steps)
-    if step % log_every == 0 or step == num_steps or saving:
-      m = jax.device_get(metrics)
+    logging_step = step % log_every == 0 or step == num_steps
+    if logging_step or saving:
+      m = {k: float(v) for k, v in jax.device_get(metrics).items()}
       if not np.isfinite(m['loss']):
         raise FloatingPointError(
           f'loss is {m["loss"]} at step {step}; lower the lr (config.optim.lr) or check the '
@@ -304,17 +283,20 @@ def fit(
         )
     if saving:
       save(step, state)
-    if step % log_every == 0 or step == num_steps:
+    if logging_step:
       now = time.perf_counter()
-      printer(
+      speed = images_since / (now - t_log)
+      log.write('train', step, **m, images_per_s=speed)
+      metrics_lib.say(
         f'  step {step:>6}/{num_steps}  loss {m["loss"]:.4f}  acc {m["accuracy"]:.3f}  '
-        f'lr {m["lr"]:.2e}  {images_since / (now - t_log):,.0f} img/s'
+        f'lr {m["lr"]:.2e}  {speed:,.0f} img/s'
       )
       t_log, images_since = now, 0
     if eval_sets and eval_every and step % eval_every == 0 and step != num_steps:
       accs = evaluate(eval_sets)
       history.append({'step': step, **accs})
-      printer(f'  eval at step {step}: ' + '  '.join(f'{k} {v:.4f}' for k, v in accs.items()))
+      log.write('eval', step, **accs)
+      metrics_lib.say(f'  eval at step {step}: ' + '  '.join(f'{k} {v:.4f}' for k, v in accs.items()))
   jax.block_until_ready(state)
   train_seconds = time.perf_counter() - t0
   final = evaluate({**eval_sets, **final_sets})
@@ -322,7 +304,8 @@ def fit(
   if eval_sets:
     history.append({'step': num_steps, **{k: final[k] for k in evaluated}})
   if final:
-    printer('  final: ' + '  '.join(f'{k} {v:.4f}' for k, v in final.items()))
+    log.write('final', num_steps, **final)
+    metrics_lib.say('  final: ' + '  '.join(f'{k} {v:.4f}' for k, v in final.items()))
   best = {name: max(h[name] for h in history) for name in evaluated}
   return {
     'state': state,

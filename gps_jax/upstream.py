@@ -50,7 +50,7 @@ def ensure_upstream(
     printer(f'[upstream] using cached backbone {path}')
     return path
   printer(f'[upstream] pretraining the backbone (cached afterwards at {path})')
-  res, params = experiment.run(upstream, os.path.join(workdir, 'upstream'), printer)
+  res, params = experiment.run(upstream, os.path.join(workdir, 'upstream'))
   backbone = shard_lib.to_host({p: v for p, v in params.items() if not tree_lib.is_head(p)})
   if jax.process_index() == 0:  # one writer; the others wait for the file
     os.makedirs(os.path.dirname(path), exist_ok=True)

@@ -478,7 +478,7 @@ def test_experiment_run_writes_the_manifest_of_its_base(tmp_path):
   save_vit_npz(base_file, base)
   c.model.checkpoint = base_file
 
-  _, final_params = experiment.run(c, str(tmp_path / 'run'), printer=lambda s: None)
+  _, final_params = experiment.run(c, str(tmp_path / 'run'))
   ckpt = str(tmp_path / 'run' / 'checkpoint')
   m = checkpoint.load_manifest(ckpt)
   assert m['base'] == {'path': os.path.abspath(base_file), 'sha256': _sha(base_file)}

@@ -125,7 +125,7 @@ def test_load_select_and_finetune_each_family(tmp_path, family):
   c.gps.k = 2
   c.train.steps = 3
   c.optim.warmup_epochs = 0
-  results, tuned = experiment.run(c, str(tmp_path / 'run'), printer=lambda s: None)
+  results, tuned = experiment.run(c, str(tmp_path / 'run'))
   stats = json.load(open(tmp_path / 'run' / 'mask_stats.json'))
   for p, n in neurons.items():
     assert stats['leaves'][p]['neurons'] == n and stats['leaves'][p]['trainable'] == 2 * n, p

@@ -119,7 +119,7 @@ def test_cifar100_config():
 def test_missing_checkpoint_is_an_error_naming_the_option(tmp_path):
   c = _config('vtab.py', 'dtd')
   with pytest.raises(ValueError, match='config.model.checkpoint is empty'):
-    experiment.run(c, str(tmp_path), printer=lambda s: None)
+    experiment.run(c, str(tmp_path))
 
 
 # ----------------------------------------------------------------------------- end to end
@@ -155,7 +155,7 @@ def test_vtab_recipe_runs_end_to_end_on_mock_tfds(tmp_path):
   c.data.data_dir = str(tmp_path / 'tfds')
   c.data.prepare = True  # mock_data's download_and_prepare is a no-op; is_prepared() is not mocked.
   with tfds.testing.mock_data(num_examples=12):
-    results, params = experiment.run(c, str(tmp_path / 'run'), printer=lambda s: None)
+    results, params = experiment.run(c, str(tmp_path / 'run'))
   saved = json.load(open(tmp_path / 'run' / 'results.json'))
   assert saved['splits'] == {
     'train': 'dtd:train[:800]',
@@ -192,7 +192,7 @@ def test_fgvc_recipe_runs_end_to_end_on_a_vpt_folder_with_mixup_and_ema(tmp_path
   c.data.num_classes = 3
   c.data.resize_size = 36
   c.train.ema_decay = 0.5
-  results, params = experiment.run(c, str(tmp_path / 'run'), printer=lambda s: None)
+  results, params = experiment.run(c, str(tmp_path / 'run'))
   saved = json.load(open(tmp_path / 'run' / 'results.json'))
   assert saved['splits'] == {'train': 'cub:trainval', 'test': 'cub:test'}
   assert 'with the EMA weights' in saved['protocol']

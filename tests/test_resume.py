@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from gps_jax import checkpoint
+from gps_jax import metrics
 from gps_jax import roles as roles_lib
 from gps_jax.config_defaults import experiment_config
 from gps_jax.models import ViT
@@ -40,11 +41,11 @@ def setup():
 def _tuner(setup, steps=20):
   model, _, roles, indices, _ = setup
   cfg = experiment_config()
-  cfg.optim.lr, cfg.optim.warmup_steps = 1e-2, 0
+  cfg.optim.lr = 1e-2
   return MaskedFinetuner(model.apply, roles, indices, cfg, num_classes=5, total_steps=steps)
 
 
-def _fit(setup, ckpts, batches, start=0):
+def _fit(setup, ckpts, batches, start=0, log=None, log_every=100):
   tuner = _tuner(setup)
   return fit(
     tuner,
@@ -52,8 +53,8 @@ def _fit(setup, ckpts, batches, start=0):
     iter(batches[start:]),
     20,
     jax.random.PRNGKey(0),
-    log_every=100,
-    printer=lambda s: None,
+    log_every=log_every,
+    log=log,
     restore=(lambda t: ckpts.restore_state(start, t)) if start else None,
     save=lambda step, state: ckpts.save(step, state, setup[3], {'step': step}),
     save_every=5,
@@ -110,3 +111,39 @@ def test_a_damaged_step_is_named_and_earlier_steps_stay_readable(setup, tmp_path
     ckpts.restore_state(20, target)
   assert int(ckpts.restore_state(15, target).step) == 15
   ckpts.close()
+
+
+def test_metrics_jsonl_has_every_logged_step_and_a_resumed_run_appends(setup, tmp_path):
+  """A run that dies of a NaN at step 15 and is resumed from its step-10 checkpoint leaves
+  one metrics.jsonl whose train records are those of an uninterrupted run."""
+  whole = tmp_path / 'whole'
+  whole.mkdir()
+  ckpts = checkpoint.TrainCheckpoints(str(whole / 'ckpt'), keep=10)
+  _fit(setup, ckpts, setup[4], log=metrics.MetricsLog(str(whole)), log_every=5)
+  ckpts.close()
+  want = [r for r in metrics.read(str(whole)) if r['kind'] == 'train']
+  assert [r['step'] for r in want] == [5, 10, 15, 20]
+  assert all(set(r) >= {'loss', 'accuracy', 'lr', 'images_per_s', 'time'} for r in want)
+
+  run = tmp_path / 'resumed'
+  run.mkdir()
+  batches = [dict(b) for b in setup[4]]
+  batches[13] = {**batches[13], 'image': np.full_like(batches[13]['image'], np.nan)}
+  ckpts = checkpoint.TrainCheckpoints(str(run / 'ckpt'), keep=10)
+  with pytest.raises(FloatingPointError):
+    _fit(setup, ckpts, batches, log=metrics.MetricsLog(str(run)), log_every=5)
+  _fit(setup, ckpts, setup[4], start=10, log=metrics.MetricsLog(str(run)), log_every=5)
+  ckpts.close()
+  got = [r for r in metrics.read(str(run)) if r['kind'] == 'train']
+  assert [r['step'] for r in got] == [5, 10, 15, 20]
+  for g, w in zip(got, want):
+    assert g['loss'] == pytest.approx(w['loss'], abs=1e-5) and g['lr'] == pytest.approx(w['lr'])
+  # A line cut off by a kill mid-write is skipped; a bad line in the middle is an error.
+  path = run / metrics.FILENAME
+  with open(path, 'a') as f:
+    f.write('{"kind": "train", "st')
+  assert len(metrics.read(str(path))) == len(got)
+  with open(path, 'a') as f:
+    f.write('\n{"kind": "train"}\n')
+  with pytest.raises(ValueError, match='metrics.jsonl: a line that is not JSON'):
+    metrics.read(str(path))

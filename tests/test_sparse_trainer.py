@@ -89,7 +89,6 @@ def make_config(method='gps', mode='sparse'):
   cfg.optim.eps = EPS
   cfg.optim.b1 = B1
   cfg.optim.b2 = B2
-  cfg.optim.warmup_steps = 0
   cfg.optim.end_lr = 0.0
   cfg.optim.grad_clip_norm = 0.0
   cfg.train.update_mode = mode

@@ -3,8 +3,10 @@
 Every method runs through the same path (`gps_jax.experiment.run`): its role
 rules give each parameter leaf a role (`gps_jax.roles`), its score source
 ranks the candidate entries of `select` leaves (`gps_jax.selection.SCORERS`),
-and its update rule says how the trainable state is parameterised in the one
-trainer (`gps_jax.trainer`). Adding a method is adding one entry to METHODS.
+and its update rule (`gps_jax.updates.RULES`) says how the trainable state is
+parameterised around the frozen base in the one trainer (`gps_jax.trainer`).
+Adding a method is adding one entry to METHODS (plus an update rule, or layers
+in gps_jax/models, if it needs new ones).
 
 ``update=None`` means the masked parameterisation, in the mode that
 ``config.train.update_mode`` names: ``sparse`` (the optimizer sees only the
@@ -39,8 +41,8 @@ class Method:
   score: what ranks the entries of `select` leaves ('supcon', 'random',
     'magnitude'; a key of `gps_jax.selection.SCORERS`); None for methods
     without `select` leaves.
-  update: the update rule of the trainable state; None = masked, in
-    ``config.train.update_mode``.
+  update: the name of its update rule in `gps_jax.updates.RULES`; None = the
+    masked rule that ``config.train.update_mode`` names.
   doc: one line for tables and --help.
   """
 

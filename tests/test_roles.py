@@ -147,6 +147,7 @@ def test_method_registry_is_the_one_source_of_methods():
   """Every method is one registry entry: its rules assign roles on the tiny ViT, its score
   source is a registered scorer, and an unknown name is refused naming the known ones."""
   from gps_jax import selection
+  from gps_jax import updates
 
   shapes = tiny_shapes()
   for name, method in methods.METHODS.items():
@@ -155,6 +156,7 @@ def test_method_registry_is_the_one_source_of_methods():
     # A method selects entries exactly when it names a score source to rank them by.
     assert has_select == (method.score is not None), name
     assert method.score is None or method.score in selection.SCORERS, name
+    assert method.update is None or method.update in updates.RULES, name
   with pytest.raises(ValueError, match="config.method='lora'.*gps, random"):
     methods.get('lora')
   cfg = ml_collections.ConfigDict({'method': 'linear', 'rules': (), 'gps': {'score': ''}})

@@ -10,7 +10,6 @@ from PIL import Image
 
 from gps_jax.data.folders import (
   check_num_classes,
-  num_classes_of,
   read_vpt_folder,
   read_vtab_folder,
 )
@@ -251,10 +250,7 @@ def test_vpt_check_files_names_missing_image(vpt_root):
 # ----------------------------------------------------------------------------- labels
 
 
-def test_num_classes_and_check():
-  assert num_classes_of(np.array([0, 4, 2], np.int32)) == 5
-  with pytest.raises(ValueError):
-    num_classes_of([])
+def test_check_num_classes():
   check_num_classes([0, 4, 2], 5, 'train.json')
   with pytest.raises(ValueError, match=r'test\.json: label 5 at index 1 is outside \[0, 5\)'):
     check_num_classes([1, 5, 2, 7], 5, 'test.json')

@@ -1,19 +1,19 @@
-"""Tests for gps_jax.data.vtab: the VTAB-1k registry, label transforms, to_example.
+"""Tests for gps_jax.data.vtab: the VTAB-1k registry, label transforms and versions.
 
 The expected table below is typed from the reference (shared/reference/README.md,
 section 3), independently of the module. No dataset is needed: the TFDS checks
-use builder code only, and the end-to-end check uses ``tfds.testing.mock_data``.
+use builder code only (tests/test_splits.py runs every task through
+``tfds.testing.mock_data`` into batches).
 """
 
 import math
 
-import numpy as np
 import pytest
 import tensorflow as tf  # Imported at collection so no test pays the import.
 import tensorflow_datasets as tfds
 
 from gps_jax.data import vtab
-from gps_jax.data.vtab import TASKS, bin_label, check_version, get_task, to_example
+from gps_jax.data.vtab import TASKS, bin_label, check_version, get_task
 
 # name: (TFDS name, val200, test, classes, VPT version)
 EXPECTED = {
@@ -184,42 +184,6 @@ def test_dsprites_and_smallnorb_labels():
   assert as_int(fns['smallnorb_elevation'](norb)) == 8
 
 
-# ----------------------------------------------------------------------------- to_example
-
-
-def test_to_example_dsprites_tiles_and_scales():
-  rng = np.random.default_rng(0)
-  image = rng.integers(0, 2, size=(64, 64, 1)).astype(np.uint8)
-  example = {'image': tf.constant(image), 'label_x_position': tf.constant(31, tf.int64)}
-  out = to_example(get_task('dsprites_location'), example)
-  assert out['image'].shape == (64, 64, 3) and out['image'].dtype == tf.uint8
-  np.testing.assert_array_equal(out['image'].numpy(), np.repeat(image * 255, 3, axis=-1))
-  assert set(np.unique(out['image'].numpy())) == {0, 255}
-  assert out['label'].dtype == tf.int64 and as_int(out['label']) == 15
-
-
-def test_to_example_smallnorb_tiles_without_scaling():
-  image = np.arange(96 * 96, dtype=np.uint8).reshape(96, 96, 1)
-  example = {
-    'image': tf.constant(image),
-    'label_azimuth': tf.constant(5, tf.int64),
-    'label_elevation': tf.constant(2, tf.int64),
-  }
-  out = to_example(get_task('smallnorb_elevation'), example)
-  assert out['image'].shape == (96, 96, 3)
-  np.testing.assert_array_equal(out['image'].numpy(), np.repeat(image, 3, axis=-1))
-  assert as_int(out['label']) == 2
-
-
-def test_to_example_rgb_uses_label_feature():
-  image = tf.fill([32, 32, 3], tf.constant(7, tf.uint8))
-  out = to_example(get_task('cifar100'), {'image': image, 'label': tf.constant(42, tf.int64)})
-  assert out['image'].shape == (32, 32, 3) and as_int(out['label']) == 42
-  assert out['label'].dtype == tf.int64
-  with pytest.raises(ValueError, match='uint8'):
-    to_example(get_task('cifar100'), {'image': tf.zeros([4, 4, 3]), 'label': 0})
-
-
 # ----------------------------------------------------------------------------- versions
 
 
@@ -234,38 +198,3 @@ def test_check_version():
 
 
 # ----------------------------------------------------------------------------- mock TFDS
-
-
-def consistent_objects(example):
-  """mock_data draws each per-object field with its own random length; trims to the shortest."""
-  objects = example['objects']
-  n = tf.reduce_min([tf.shape(v)[0] for v in objects.values()])
-  return {**example, 'objects': {k: v[:n] for k, v in objects.items()}}
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize('name', list(EXPECTED))
-def test_mock_tfds_load_and_to_example(name):
-  """tfds.load on every split string + to_example over random examples from the builder code.
-
-  mock_data does not check split names or slice bounds (any split yields
-  num_examples examples); it checks that the split strings parse and that the
-  feature names, shapes and dtypes the label transforms use exist in the builder.
-  """
-  spec = get_task(name)
-  with tfds.testing.mock_data(num_examples=8, policy=tfds.testing.MockPolicy.USE_CODE):
-    for split in (spec.train_split, spec.val_split, spec.trainval_split, spec.test_split):
-      assert tfds.load(spec.tfds_name, split=split).cardinality().numpy() != 0
-    ds = tfds.load(spec.tfds_name, split=spec.train_split)
-  if 'objects' in ds.element_spec:
-    ds = ds.map(consistent_objects)
-  examples = list(ds.map(lambda ex: (to_example(spec, ex), ex)).as_numpy_iterator())
-  assert len(examples) == 8
-  for out, raw in examples:
-    image, label = out['image'], out['label']
-    assert image.dtype == np.uint8 and image.ndim == 3 and image.shape[-1] == 3
-    assert label.dtype == np.int64 and label.shape == ()
-    if name == 'clevr_count':  # Random object counts fall outside CLEVR's 3..10.
-      assert label == len(raw['objects']['size']) - 3
-    else:
-      assert 0 <= label < spec.num_classes

@@ -177,14 +177,6 @@ def read_vpt_folder(
 # ----------------------------------------------------------------------------- labels
 
 
-def num_classes_of(labels) -> int:
-  """Number of classes implied by 0-based labels: ``max(labels) + 1``."""
-  labels = np.asarray(labels)
-  if labels.size == 0:
-    raise ValueError('num_classes_of: no labels')
-  return int(labels.max()) + 1
-
-
 def check_num_classes(labels, num_classes: int, source: str) -> None:
   """Raises ValueError when a label of ``source`` is outside [0, num_classes).
 

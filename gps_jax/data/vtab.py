@@ -9,9 +9,8 @@ A task either uses the TFDS ``'label'`` feature or a label transform named in
 ``TaskSpec.label_fn`` and registered in ``LABEL_FNS``: a tf function from one
 decoded TFDS example (a dict of tensors) to an int64 scalar label. Binned labels
 follow the table's rule: the label is the largest index i with
-``thresholds[i] < value``. ``to_example`` turns a TFDS example into
-``{'image': uint8 (H, W, 3), 'label': int64}``; resizing to 224 x 224 is left to
-``gps_jax.data.pipeline.preprocess``.
+``thresholds[i] < value``. Decoding and resizing the images is
+`gps_jax.data.splits`'s and the input pipeline's job.
 """
 
 from __future__ import annotations
@@ -187,20 +186,6 @@ LABEL_FNS: dict[str, LabelFn] = {
   'smallnorb_azimuth': _feature('label_azimuth'),
   'smallnorb_elevation': _feature('label_elevation'),
 }
-
-
-def to_example(spec: TaskSpec, example: Example) -> dict[str, tf.Tensor]:
-  """A decoded TFDS example -> {'image': uint8 (H, W, 3), 'label': int64 scalar}."""
-  image = tf.convert_to_tensor(example[spec.image_key])
-  if image.dtype != tf.uint8:
-    raise ValueError(f'{spec.name}: expected a uint8 image, got {image.dtype}')
-  if image.shape.rank == 2:
-    image = image[..., None]
-  if spec.image_scale != 1:
-    image = image * tf.constant(spec.image_scale, tf.uint8)
-  if spec.grayscale:
-    image = tf.tile(image, [1, 1, 3])
-  return {'image': image, 'label': example_label(spec, example)}
 
 
 def example_label(spec: TaskSpec, example: Example) -> tf.Tensor:

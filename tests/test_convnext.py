@@ -183,7 +183,8 @@ def test_variant_parameter_count_matches_timm(variant):
   ours = param_shapes(build_convnext(convnext_config(variant, num_classes=1000, image_size=224)))
   assert sum(math.prod(s) for s in ours.values()) == sum(math.prod(s) for s in theirs.values())
   assert len(ours) == len(theirs)
-  named = {convnext_timm._timm_name(k): convnext_timm._timm_shape(s) for k, s in ours.items()}
+  layout = convnext_timm.CONVNEXT_TIMM
+  named = {layout.file_name(k): layout.file_shape(k, s) for k, s in ours.items()}
   assert named == theirs
 
 

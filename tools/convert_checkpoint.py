@@ -21,22 +21,25 @@ from absl import logging
 from gps_jax import tree as tree_lib
 from gps_jax import weights
 from gps_jax.mask_stats import block_of
-from gps_jax.models import convnext_config, swin_config, vit_config
+from gps_jax.models.registry import FAMILIES, family
 from gps_jax.vit_npz import save_vit_npz
 
 FLAGS = flags.FLAGS
-flags.DEFINE_enum('model', 'vit', ['vit', 'swin', 'convnext'], 'Backbone family.')
+flags.DEFINE_enum('model', 'vit', list(FAMILIES), 'Backbone family.')
 flags.DEFINE_string('variant', 'B/16', "Variant: ViT 'B/16', 'L/16', ...; Swin / ConvNeXt 'T'-'L'.")
 flags.DEFINE_integer('image_size', 224, 'Input size of the converted model.')
-flags.DEFINE_integer('window_size', 7, 'Swin window size of the converted model.')
+flags.DEFINE_integer(
+  'window_size', 7, 'Window size of the converted model (families with windows: Swin).'
+)
 flags.DEFINE_integer('num_classes', 0, 'Head classes to keep (0: no head).')
 
-_CONFIGS = {'vit': vit_config, 'swin': swin_config, 'convnext': convnext_config}
 
-
-def model_config(family: str, variant: str, image_size: int, num_classes: int, window_size: int):
-  kw = {'window_size': window_size} if family == 'swin' else {}
-  return _CONFIGS[family](variant, num_classes=num_classes, image_size=image_size, **kw)
+def model_config(name: str, variant: str, image_size: int, num_classes: int, window_size: int):
+  """The family's config of ``variant``; ``window_size`` where the family has windows."""
+  cfg = family(name).config(variant, num_classes=num_classes, image_size=image_size)
+  if 'window_size' in cfg:
+    cfg.window_size = window_size
+  return cfg
 
 
 def module_counts(params) -> dict[str, int]:

@@ -1,20 +1,16 @@
-"""timm checkpoints of ConvNeXt: conversion of a timm ``ConvNeXt`` state dict into the parameter
-tree of :class:`gps_jax.models.convnext.ConvNeXt`."""
+"""timm checkpoints of ConvNeXt: the names of a timm ``ConvNeXt`` state dict for the parameter
+tree of :class:`gps_jax.models.convnext.ConvNeXt`. The strict fit itself is
+:func:`gps_jax.models.fitting.fit_params`, shared by every family."""
 
 from __future__ import annotations
 
-import logging
 import re
 from collections.abc import Mapping
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
 from gps_jax.models.convnext import ConvNeXt
-from gps_jax.tree import flat, unflat
-
-log = logging.getLogger(__name__)
+from gps_jax.models.timm_layout import TIMM_LEAVES, timm_layout
 
 _TIMM_MODULES = (
   (r'^stem/conv$', 'stem.0'),
@@ -27,8 +23,7 @@ _TIMM_MODULES = (
   (r'^final_norm$', 'head.norm'),
   (r'^head$', 'head.fc'),
 )
-_TIMM_LEAVES = {'kernel': 'weight', 'scale': 'weight', 'bias': 'bias', 'gamma': 'gamma'}
-_TIMM_HEAD = ('head.fc.weight', 'head.fc.bias')
+_TIMM_LEAVES = {**TIMM_LEAVES, 'gamma': 'gamma'}
 
 
 def _timm_name(path: str) -> str:
@@ -40,25 +35,14 @@ def _timm_name(path: str) -> str:
   raise AssertionError(f'no timm name for ConvNeXt parameter {path!r}')  # a bug here
 
 
-def _timm_shape(shape: tuple) -> tuple:
-  """The timm (torch) shape of a Flax leaf: HWIO conv -> OIHW, (in, out) Linear -> (out, in)."""
-  if len(shape) == 4:
-    return (shape[3], shape[2], shape[0], shape[1])
-  if len(shape) == 2:
-    return shape[::-1]
-  return shape
+# A timm ConvNeXt state dict: the classifier is head.fc (head.norm is the final norm, which
+# is not dropped with a classifier that does not fit).
+CONVNEXT_TIMM = timm_layout(_timm_name, label='timm ConvNeXt state dict', head_prefix='head.fc.')
 
 
-def _from_timm(array: np.ndarray) -> np.ndarray:
-  array = np.asarray(array, dtype=np.float32)
-  if array.ndim == 4:
-    return np.ascontiguousarray(array.transpose(2, 3, 1, 0))
-  if array.ndim == 2:
-    return np.ascontiguousarray(array.T)
-  return array
-
-
-def convnext_params_from_timm(state_dict: Mapping[str, np.ndarray], model: ConvNeXt) -> dict:
+def convnext_params_from_timm(
+  state_dict: Mapping[str, np.ndarray], model: ConvNeXt, *, source: str = '', init=None
+) -> dict:
   """Converts a timm ConvNeXt state dict into the nested Flax params of ``model``.
 
   ``state_dict`` maps timm 1.0 names (``stem.0.weight``, ``stages.{i}.downsample.{0,1}.*``,
@@ -71,59 +55,13 @@ def convnext_params_from_timm(state_dict: Mapping[str, np.ndarray], model: ConvN
   num_classes == 0, or the checkpoint's head does not fit the model (another class count,
   or only one of weight/bias), or the checkpoint has no head, the checkpoint's head is
   dropped and the model gets a fresh zero head (zero kernel and bias, the model's own
-  init) -- a new task gets a new head. Everything else must match exactly: every missing,
-  unexpected, mis-shaped or non-float key is named in one ValueError.
+  init, taken from ``init`` when given) -- a new task gets a new head. Everything else
+  must match exactly: every missing, unexpected, mis-shaped or non-float key is named in
+  one ValueError (``source`` names the file).
 
   The expected names and shapes come from ``jax.eval_shape`` of ``model.init`` (nothing is
-  computed). Checkpoints of the original facebookresearch/ConvNeXt repository
-  (``downsample_layers.*``, ``dwconv``, ``pwconv1``) must first go through timm's
-  ``checkpoint_filter_fn``.
+  computed) or from ``init``. Checkpoints of the original facebookresearch/ConvNeXt
+  repository (``downsample_layers.*``, ``dwconv``, ``pwconv1``) must first go through
+  timm's ``checkpoint_filter_fn``.
   """
-  dummy = jax.ShapeDtypeStruct((1, model.image_size, model.image_size, 3), jnp.float32)
-  shapes = jax.eval_shape(
-    lambda x: model.init(jax.random.PRNGKey(0), x, train=False)['params'], dummy
-  )
-  expected = {k: tuple(v.shape) for k, v in flat(shapes).items()}
-  names = {k: _timm_name(k) for k in expected}
-  model_head = {k for k in expected if k.startswith('head/')}
-  loaded = dict(state_dict)
-
-  file_head = {k for k in _TIMM_HEAD if k in loaded}
-  head_fits = bool(model_head) and all(
-    names[k] in loaded and tuple(np.shape(loaded[names[k]])) == _timm_shape(expected[k])
-    for k in model_head
-  )
-  if file_head and not head_fits:
-    log.info(
-      'dropping the checkpoint head %s; the model head %s keeps its fresh zero init',
-      {k: tuple(np.shape(loaded[k])) for k in sorted(file_head)},
-      {k: expected[k] for k in sorted(model_head)},
-    )
-    for k in file_head:
-      del loaded[k]
-
-  problems, out = [], {}
-  for path in sorted(expected, key=lambda p: names[p]):
-    name, want = names[path], _timm_shape(expected[path])
-    if name not in loaded:
-      if path in model_head:
-        out[path] = np.zeros(expected[path], np.float32)  # the model's head init: zeros
-      else:
-        problems.append(f'missing {name} {want} (for {path})')
-      continue
-    value = loaded[name]
-    got = tuple(np.shape(value))
-    if got != want:
-      problems.append(f'wrong shape {name}: checkpoint {got}, model needs {want} (for {path})')
-    elif np.asarray(value).dtype.kind != 'f':
-      problems.append(f'non-float dtype {name} {np.asarray(value).dtype}')
-    else:
-      out[path] = _from_timm(value)
-  used = set(names.values())
-  problems += [f'unexpected {k} {tuple(np.shape(loaded[k]))}' for k in sorted(set(loaded) - used)]
-  if problems:
-    raise ValueError(
-      f'timm ConvNeXt state dict does not fit the model ({len(problems)} problems):\n  '
-      + '\n  '.join(problems)
-    )
-  return unflat(out)
+  return CONVNEXT_TIMM.params(state_dict, model, source, init=init)

@@ -1,22 +1,18 @@
-"""timm checkpoints of the Swin Transformer: conversion of a timm ``SwinTransformer`` state dict
-into the parameter tree of :class:`gps_jax.models.swin.SwinTransformer`, and timm's resize of
-relative position bias tables to another window size."""
+"""timm checkpoints of the Swin Transformer: the names of a timm ``SwinTransformer`` state dict
+for the parameter tree of :class:`gps_jax.models.swin.SwinTransformer`, and timm's resize of
+relative position bias tables to another window size. The strict fit itself is
+:func:`gps_jax.models.fitting.fit_params`, shared by every family."""
 
 from __future__ import annotations
 
-import logging
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
 from gps_jax.models.swin import SwinTransformer, to_2tuple
-from gps_jax.tree import flat, unflat
-
-log = logging.getLogger(__name__)
+from gps_jax.models.timm_layout import TIMM_LEAVES, timm_layout
 
 
 def _beit_source_positions(src: int, dst: int) -> list[float]:
@@ -96,13 +92,10 @@ def resize_relative_position_table(
   return np.ascontiguousarray(out.astype(table.dtype if table.dtype.kind == 'f' else np.float32))
 
 
-_IGNORED_BUFFERS = ('relative_position_index', 'attn_mask')
-
-
 def _timm_name(path: str) -> str:
   """'layers_1/blocks_0/attn/qkv/kernel' -> 'layers.1.blocks.0.attn.qkv.weight'."""
   parts = path.split('/')
-  leaf = {'kernel': 'weight', 'scale': 'weight'}.get(parts[-1], parts[-1])
+  leaf = TIMM_LEAVES.get(parts[-1], parts[-1])
   mods = []
   for p in parts[:-1]:
     for prefix in ('layers_', 'blocks_'):
@@ -114,27 +107,31 @@ def _timm_name(path: str) -> str:
   return '.'.join(mods + [leaf])
 
 
-def _to_flax(path: str, value: np.ndarray) -> np.ndarray:
-  if path.endswith('/kernel'):
-    if value.ndim == 4:  # conv OIHW -> HWIO
-      return value.transpose(2, 3, 1, 0)
-    return value.T  # Linear (out, in) -> Dense (in, out)
-  return value
+def resize_table_hook(path: str, value: np.ndarray, want: tuple):
+  """The fit's resize hook, as timm's ``checkpoint_filter_fn``: a square ((2w-1)^2, heads)
+  relative position table of another window is resized to the model's window."""
+  if not path.endswith('/relative_position_bias_table') or value.ndim != 2:
+    return None
+  side = math.isqrt(value.shape[0])
+  if value.shape[1] != want[1] or side * side != value.shape[0] or not side % 2:
+    return None
+  return resize_relative_position_table(value, (math.isqrt(want[0]) + 1) // 2)
 
 
-def _timm_shape(path: str, shape: tuple) -> tuple:
-  if path.endswith('/kernel'):
-    return (*shape[2:][::-1], *shape[:2][::-1]) if len(shape) == 4 else shape[::-1]
-  return shape
+# A timm SwinTransformer state dict: the classifier is head.fc; the relative position index
+# and the shifted-window mask are buffers, rebuilt by the model.
+SWIN_TIMM = timm_layout(
+  _timm_name,
+  label='timm Swin state dict',
+  head_prefix='head.',
+  ignore=('relative_position_index', 'attn_mask'),
+  resize=(resize_table_hook,),
+)
 
 
-def _expected_shapes(model: SwinTransformer) -> dict[str, tuple]:
-  dummy = jnp.zeros((1, model.image_size, model.image_size, 3), jnp.float32)
-  shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), dummy, train=False)['params'])
-  return {k: tuple(v.shape) for k, v in flat(shapes).items()}
-
-
-def swin_params_from_timm(state_dict: Mapping[str, Any], model: SwinTransformer) -> dict:
+def swin_params_from_timm(
+  state_dict: Mapping[str, Any], model: SwinTransformer, *, source: str = '', init=None
+) -> dict:
   """Converts a timm ``SwinTransformer`` state dict (name -> NumPy array, e.g. from
   ``safetensors.numpy.load_file``) into the nested float32 params of ``model``.
 
@@ -143,57 +140,8 @@ def swin_params_from_timm(state_dict: Mapping[str, Any], model: SwinTransformer)
   another window is resized with :func:`resize_relative_position_table` (as timm's
   ``checkpoint_filter_fn``). A ``head.fc`` of another shape, or any head when
   ``num_classes == 0``, is dropped; a head absent from the checkpoint or dropped is replaced
-  by the model's fresh zero head. Every other missing, unexpected or mis-shaped key is
-  reported by name in one ValueError.
+  by the model's fresh zero head (from ``init``, the model's params, when given). Every
+  other missing, unexpected or mis-shaped key is reported by name in one ValueError
+  (``source`` names the file).
   """
-  expected = _expected_shapes(model)  # flax path -> shape
-  by_timm = {_timm_name(p): p for p in expected}
-  loaded = {k: np.asarray(v) for k, v in state_dict.items() if not k.endswith(_IGNORED_BUFFERS)}
-
-  # The classifier: kept only when it fits exactly.
-  ckpt_head = sorted(k for k in loaded if k.startswith('head.'))
-  model_head = {_timm_name(p): p for p in expected if p.startswith('head/')}
-  head_fits = set(ckpt_head) == set(model_head) and all(
-    loaded[k].shape == _timm_shape(model_head[k], expected[model_head[k]]) for k in model_head
-  )
-  if ckpt_head and not head_fits:
-    log.info(
-      'dropping checkpoint head %s; the model head %s keeps its fresh zero init',
-      {k: loaded[k].shape for k in ckpt_head},
-      {p: expected[p] for p in model_head.values()},
-    )
-    for k in ckpt_head:
-      del loaded[k]
-
-  problems, out = [], {}
-  for name, path in sorted(by_timm.items()):
-    want = _timm_shape(path, expected[path])
-    if name not in loaded:
-      if path.startswith('head/'):
-        out[path] = np.zeros(expected[path], np.float32)
-      else:
-        problems.append(f'missing {name} {want} (model param {path})')
-      continue
-    value = loaded[name]
-    if value.dtype.kind != 'f':
-      problems.append(f'non-float {name} dtype {value.dtype}')
-      continue
-    if path.endswith('/relative_position_bias_table') and value.shape != want:
-      side = math.isqrt(value.shape[0]) if value.ndim == 2 else 0
-      if (
-        value.ndim == 2 and value.shape[1] == want[1] and side * side == value.shape[0] and side % 2
-      ):
-        new_window = (math.isqrt(want[0]) + 1) // 2
-        log.info('resizing %s from %s to %s', name, value.shape, want)
-        value = resize_relative_position_table(value, new_window)
-    if value.shape != want:
-      problems.append(f'wrong shape {name}: checkpoint {value.shape}, model {want} ({path})')
-      continue
-    out[path] = np.asarray(_to_flax(path, value), np.float32)
-  problems += [f'unexpected {k} {loaded[k].shape}' for k in sorted(set(loaded) - set(by_timm))]
-  if problems:
-    raise ValueError(
-      f'timm Swin state dict does not fit the model ({len(problems)} problems):\n  '
-      + '\n  '.join(problems)
-    )
-  return unflat(out)
+  return SWIN_TIMM.params(state_dict, model, source, init=init)

@@ -42,6 +42,10 @@ def experiment_config() -> ml_collections.ConfigDict:
   c.model.checkpoint = ''
   c.model.require_checkpoint = False
   c.model.reinit_head = True  # a new task always gets a fresh (zero) head
+  # Besides these keys, a model config may set the module fields of its family,
+  # which replace those of `variant` (or stand in for it, with variant=''): the keys
+  # of gps_jax.models.vit_config / swin_config / convnext_config, e.g. ViT's
+  # patch_size, hidden_size, num_layers, num_heads, mlp_dim (configs/demo.py).
 
   c.data = ml_collections.ConfigDict()
   # memory (demo sets) | vtab (TFDS VTAB-1k task) | tfds (FGVC / CIFAR-100 builders)
@@ -93,6 +97,12 @@ def experiment_config() -> ml_collections.ConfigDict:
   c.optim.name = 'adam'  # adam | adamw (the same: decoupled decay) | sgd
   c.optim.lr = 1e-3
   c.optim.weight_decay = 0.0
+  # Ordered (regex, multiplier) pairs on '/'-joined parameter paths (re.search, first
+  # match wins; a path no pair matches is an error): a leaf decays by
+  # weight_decay * multiplier. In sparse mode the delta of a selected leaf decays as
+  # its path says. E.g. ((r'(^|/)bias$', 0.0), (r'(^|/)[^/]*[Nn]orm[^/]*/', 0.0),
+  # ('.*', 1.0)) spares biases and norms. Default: every parameter decays.
+  c.optim.weight_decay_rules = (('.*', 1.0),)
   c.optim.b1 = 0.9  # adam / adamw
   c.optim.b2 = 0.999
   c.optim.eps = 1e-8
@@ -102,10 +112,22 @@ def experiment_config() -> ml_collections.ConfigDict:
   c.optim.end_lr = 1e-8
   c.optim.grad_clip_norm = 0.0  # 0 = no clipping
 
-  # Optional upstream stage (configs/demo.py): a whole experiment config whose
+  # Optional upstream stage (configs/demo.py): an `upstream_config()` whose
   # backbone is trained first, cached, and becomes model.checkpoint.
   c.upstream = None
   return c
+
+
+def upstream_config() -> ml_collections.ConfigDict:
+  """An upstream stage (`config.upstream`): an experiment config and its cache file.
+
+  gps_jax/upstream.py trains it with `experiment.run` and caches the backbone at
+  <cache_dir>/<name>-<hash of this config>.npz.
+  """
+  u = experiment_config()
+  u.name = 'upstream'  # the cache file's prefix
+  u.cache_dir = ''  # '' = $GPS_JAX_CACHE, else ~/.cache/gps_jax
+  return u
 
 
 # The backbone of the paper's ViT-B/16 results (reference README section 2).
@@ -132,28 +154,38 @@ def vit_b16_model() -> ml_collections.ConfigDict:
   return m
 
 
-# The paper's backbones (Table 4) and the timm ImageNet-21k checkpoints they come from.
+def _timm_backbone(family: str, variant: str):
+  """A maker of the model config of a timm-checkpoint backbone at 224, with the ImageNet
+  mean / std of timm's files; the family comes from gps_jax.models.registry."""
+
+  def make() -> ml_collections.ConfigDict:
+    from gps_jax.models.registry import family as model_family
+
+    m = model_family(family).config(variant, num_classes=0, image_size=224)
+    m.checkpoint = ''
+    m.require_checkpoint = True
+    m.reinit_head = True
+    return m
+
+  return make
+
+
+# The paper's backbones (Table 4): the timm ImageNet-21k checkpoints they come from (timm
+# name, file) and the maker of their model config.
 BACKBONES = {
-  'vit_b16': ('vit_base_patch16_224.augreg_in21k', VIT_B16_I21K_FILE),
-  'swin_b': ('swin_base_patch4_window7_224.ms_in22k', 'model.safetensors'),
-  'convnext_b': ('convnext_base.fb_in22k', 'model.safetensors'),
+  'vit_b16': ('vit_base_patch16_224.augreg_in21k', VIT_B16_I21K_FILE, vit_b16_model),
+  'swin_b': (
+    'swin_base_patch4_window7_224.ms_in22k', 'model.safetensors', _timm_backbone('swin', 'B')
+  ),
+  'convnext_b': ('convnext_base.fb_in22k', 'model.safetensors', _timm_backbone('convnext', 'B')),
 }
 
 
 def backbone_model(name: str) -> ml_collections.ConfigDict:
   """The model config of a paper backbone at 224 with its checkpoint's normalisation."""
-  if name == 'vit_b16':
-    return vit_b16_model()
   if name not in BACKBONES:
     raise ValueError(f'unknown backbone {name!r}; use one of {", ".join(BACKBONES)}')
-  from gps_jax.models import convnext_config, swin_config
-
-  make = swin_config if name == 'swin_b' else convnext_config
-  m = make('B', num_classes=0, image_size=224)  # ImageNet mean / std, as timm's files
-  m.checkpoint = ''
-  m.require_checkpoint = True
-  m.reinit_head = True
-  return m
+  return BACKBONES[name][2]()
 
 
 def paper_config(

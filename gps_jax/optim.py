@@ -2,43 +2,121 @@
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import jax
 import ml_collections
 import optax
 
 OPTIMIZERS = ('adam', 'adamw', 'sgd')
+
+# The outer keys of the sparse update rule's trainable state ({'train': {path: array},
+# 'delta': {path: (neurons, K) array}}, gps_jax.sparse): not part of a parameter path.
+_SPARSE_KEYS = frozenset({'train', 'delta'})
 
 
 def schedule(cfg: ml_collections.ConfigDict, total_steps: int, warmup_steps: int) -> optax.Schedule:
   """Linear warm-up from `warmup_init_lr` to `lr`, then cosine decay to `end_lr`."""
   warmup_steps = min(warmup_steps, max(total_steps - 1, 0))
   return optax.warmup_cosine_decay_schedule(
-    init_value=cfg.get('warmup_init_lr', 1e-7),
+    init_value=cfg.warmup_init_lr,
     peak_value=cfg.lr,
     warmup_steps=warmup_steps,
     decay_steps=max(total_steps, warmup_steps + 1),
-    end_value=cfg.get('end_lr', 1e-8),
+    end_value=cfg.end_lr,
   )
 
 
 def optimizer(cfg: ml_collections.ConfigDict, lr: optax.Schedule) -> optax.GradientTransformation:
   """Adam / AdamW (decoupled weight decay) / SGD with momentum, optional clipping.
 
-  `adam` with `weight_decay` 0 is the reference's plain Adam.
+  `adam` with `weight_decay` 0 is the reference's plain Adam. Each leaf's decay is
+  `weight_decay` times the multiplier of the first `weight_decay_rules` entry its
+  path matches.
   """
-  name = cfg.get('name', 'adam')
-  wd = cfg.get('weight_decay', 0.0)
+  name, wd = cfg.name, cfg.weight_decay
+  decay = decay_by_rules(wd, cfg.weight_decay_rules)
   if name in ('adam', 'adamw'):
-    tx = optax.adamw(
-      lr, b1=cfg.get('b1', 0.9), b2=cfg.get('b2', 0.999), eps=cfg.get('eps', 1e-8), weight_decay=wd
+    # optax.adamw's chain, with the rule-scaled decay in place of its uniform one.
+    tx = optax.chain(
+      optax.scale_by_adam(b1=cfg.b1, b2=cfg.b2, eps=cfg.eps),
+      decay,
+      optax.scale_by_learning_rate(lr),
     )
   elif name == 'sgd':
-    tx = optax.chain(
-      optax.add_decayed_weights(wd) if wd else optax.identity(),
-      optax.sgd(lr, momentum=cfg.get('momentum', 0.9)),
-    )
+    # Coupled decay: added to the gradient before momentum, as torch's SGD does.
+    tx = optax.chain(decay, optax.sgd(lr, momentum=cfg.momentum))
   else:
     raise ValueError(f'config.optim.name={name!r}: use one of {", ".join(OPTIMIZERS)}')
-  clip = cfg.get('grad_clip_norm', None)
-  if clip:
-    tx = optax.chain(optax.clip_by_global_norm(clip), tx)
+  if cfg.grad_clip_norm:
+    tx = optax.chain(optax.clip_by_global_norm(cfg.grad_clip_norm), tx)
   return tx
+
+
+def leaf_path(key_path: Sequence[Any], tree: Any) -> str:
+  """The '/'-joined parameter path of a leaf of the optimizer's tree.
+
+  Dense mode: a flat {path: array}; sparse mode: {'train': {...}, 'delta': {...}},
+  whose outer key is dropped so that one rule table serves both.
+  """
+  names = [str(getattr(k, 'key', getattr(k, 'name', getattr(k, 'idx', k)))) for k in key_path]
+  if isinstance(tree, dict) and set(tree) == _SPARSE_KEYS and names:
+    names = names[1:]
+  return '/'.join(names)
+
+
+def decay_multipliers(tree: Any, rules: Iterable[Sequence[Any]]) -> Any:
+  """A pytree of Python floats with the structure of `tree`: each leaf's multiplier.
+
+  First match (re.search) wins; a path no rule matches is an error, as for the
+  role rules, so that a rule table says what happens to every parameter.
+  """
+  compiled = []
+  for i, rule in enumerate(rules):
+    if len(rule) != 2:
+      raise ValueError(
+        f'config.optim.weight_decay_rules #{i}: want (regex, multiplier), got {rule!r}'
+      )
+    compiled.append((re.compile(rule[0]), float(rule[1])))
+
+  def multiplier(key_path, _):
+    path = leaf_path(key_path, tree)
+    for pattern, m in compiled:
+      if pattern.search(path):
+        return m
+    raise ValueError(
+      f'no config.optim.weight_decay_rules entry matches parameter {path!r}; '
+      "end the rules with a catch-all such as ('.*', 1.0)"
+    )
+
+  return jax.tree_util.tree_map_with_path(multiplier, tree)
+
+
+def decay_by_rules(
+  weight_decay: float, rules: Iterable[Sequence[Any]]
+) -> optax.GradientTransformation:
+  """optax.add_decayed_weights with a per-leaf multiplier from `rules`.
+
+  Adds `weight_decay * multiplier * params` to the updates (a multiplier of 0
+  leaves the leaf's update untouched). A multiplier of 1 computes exactly
+  `g + weight_decay * p`, as optax.add_decayed_weights does, so configs that
+  decay everything train bit for bit as before.
+  """
+  rules = tuple(tuple(r) for r in rules)
+
+  def init_fn(params):
+    decay_multipliers(params, rules)  # a path without a rule fails here, before training
+    return optax.EmptyState()
+
+  def update_fn(updates, state, params=None):
+    if params is None:
+      raise ValueError('weight decay needs the params argument of the optimizer update')
+    if weight_decay == 0.0:  # what add_decayed_weights(0.0) does
+      return updates, state
+    scale = jax.tree.map(lambda m: weight_decay * m, decay_multipliers(updates, rules))
+    updates = jax.tree.map(lambda g, p, s: g if s == 0.0 else g + s * p, updates, params, scale)
+    return updates, state
+
+  return optax.GradientTransformation(init_fn, update_fn)

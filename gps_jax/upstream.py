@@ -1,27 +1,27 @@
 """Upstream pretraining for the offline demo, cached as a vit_jax `.npz`.
 
-`config.upstream` is a whole experiment config (usually `method='full'` from a
-random init on a large source dataset). Its backbone — every parameter but the
-head — is saved in the vit_jax layout, so that downstream runs load it through
-the same loader as a real ViT-B/16 checkpoint. The file name carries a hash of
-the upstream config and of ``REVISION``, so a changed recipe never reuses a stale
-file.
+`config.upstream` is a `config_defaults.upstream_config()`: a whole experiment
+config (usually `method='full'` from a random init on a large source dataset)
+with the `name` and `cache_dir` of its cache file. Its backbone — every
+parameter but the head — is saved in the vit_jax layout, so that downstream
+runs load it through the same loader as a real ViT-B/16 checkpoint. The file
+name carries a hash of the upstream config and of ``REVISION``, so a changed
+recipe never reuses a stale file.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import ml_collections
 
 from gps_jax import experiment
-from gps_jax import tree as tree_lib
 from gps_jax import sharding as shard_lib
+from gps_jax import tree as tree_lib
 from gps_jax.vit_npz import save_vit_npz
-
 
 # Bump when a code change alters what an unchanged upstream config trains to (data
 # order, augmentation, initialisation), so that old cache files are not reused.
@@ -34,11 +34,11 @@ def cache_path(upstream: ml_collections.ConfigDict) -> str:
   text = f'{REVISION}:{upstream.to_json(sort_keys=True)}'
   key = hashlib.sha256(text.encode()).hexdigest()[:12]
   cache_dir = (
-    upstream.get('cache_dir')
+    upstream.cache_dir
     or os.environ.get('GPS_JAX_CACHE')
     or os.path.join(os.path.expanduser('~'), '.cache', 'gps_jax')
   )
-  return os.path.join(cache_dir, f'{upstream.get("name", "upstream")}-{key}.npz')
+  return os.path.join(cache_dir, f'{upstream.name}-{key}.npz')
 
 
 def ensure_upstream(

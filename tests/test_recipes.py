@@ -19,7 +19,8 @@ def _config(file, arg=None):
   spec = importlib.util.spec_from_file_location(file, os.path.join(CONFIGS, file))
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
-  return module.get_config(arg)
+  # As config_flags does: get_config() without an argument when the flag has no ':'.
+  return module.get_config(arg) if arg is not None else module.get_config()
 
 
 # Transcribed independently from the reference README, section 2 (VTAB-1k recipe):
@@ -219,3 +220,22 @@ def test_fgvc_config_takes_the_table_4_backbones(backbone, name):
   assert _config('fgvc.py', 'cub,vit_b16').model.variant == 'B/16'
   with pytest.raises(ValueError, match='choose one backbone'):
     _config('fgvc.py', 'cub,swin_b,convnext_b')
+
+
+def test_demo_config_keeps_its_published_recipe():
+  # README's demo numbers come from this recipe: AdamW (wd 1e-4) decays every
+  # upstream parameter, biases and norms included; 4x4 patches of 28x28 images.
+  c = _config('demo.py')
+  u = c.upstream
+  assert (u.method, u.optim.name, u.optim.lr, u.optim.weight_decay) == ('full', 'adamw', 1e-3, 1e-4)
+  assert tuple(map(tuple, u.optim.weight_decay_rules)) == (('.*', 1.0),)
+  assert (u.data.name, u.data.batch_size, u.train.epochs) == ('fashion_mnist', 128, 3)
+  assert u.optim.warmup_epochs == 0.2
+  assert u.name == 'demo-vit-fashion-mnist' and u.cache_dir == ''
+  for m in (c.model, u.model):
+    arch = (m.name, m.variant, m.image_size, m.patch_size, m.hidden_size, m.num_layers)
+    assert arch + (m.num_heads, m.mlp_dim) == ('vit', '', 28, 7, 128, 4, 4, 256)
+    assert not m.checkpoint and not m.require_checkpoint and m.reinit_head
+  assert c.compare_methods == ('gps', 'random', 'linear', 'bitfit', 'full')
+  assert (c.optim.lr, c.optim.weight_decay, c.train.epochs, c.gps.k) == (1e-2, 0.0, 20, 1)
+  assert c.method_overrides.full.optim.lr == 1e-3

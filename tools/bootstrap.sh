@@ -1,10 +1,24 @@
 #!/usr/bin/env bash
-# Installs everything gps_jax needs, idempotently, into ./.venv:
-#   - Debian's dataset-fashion-mnist (upstream data of the offline demo), via apt-get;
-#   - gps_jax with its demo and test extras, at the exact versions of constraints.txt.
+# Installs what one command of the README needs, idempotently, into ./.venv:
+#   bash tools/bootstrap.sh demo   gps_jax with its demo extra (the offline demo: no
+#                                  torch, no timm);
+#   bash tools/bootstrap.sh test   (the default) gps_jax with its demo and test extras:
+#                                  the suite compares against timm in PyTorch, a download
+#                                  of several GB (torch's CUDA libraries) the first time.
+# Both install Debian's dataset-fashion-mnist via apt-get (the demo's upstream data;
+# tests/test_data.py reads it when present) and pin every package to constraints.txt.
 # Used by the README's two commands and by .ci/run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+case "${1:-test}" in
+  demo) extras="demo" ;;
+  test) extras="demo,test" ;;
+  *)
+    echo "usage: bash tools/bootstrap.sh [demo|test]  (default: test)" >&2
+    exit 2
+    ;;
+esac
 
 FMNIST=/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 if [ ! -f "$FMNIST" ]; then
@@ -15,7 +29,7 @@ if [ ! -f "$FMNIST" ]; then
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq dataset-fashion-mnist >/dev/null
   else
     echo "bootstrap: $FMNIST is missing and apt-get is not available;" >&2
-    echo "bootstrap: install Debian's dataset-fashion-mnist or set config.upstream.data_dir" >&2
+    echo "bootstrap: install Debian's dataset-fashion-mnist or set config.upstream.data.data_dir" >&2
   fi
 fi
 
@@ -24,4 +38,4 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade "pip>=24"
 .venv/bin/python -m pip install -q --disable-pip-version-check \
-  -c constraints.txt -e ".[demo,test]"
+  -c constraints.txt -e ".[$extras]"

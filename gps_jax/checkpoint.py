@@ -40,6 +40,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from gps_jax import roles as roles_lib
+from gps_jax.errors import UserError
 from gps_jax import tree as tree_lib
 from gps_jax.files import write_atomic
 from gps_jax import sharding as shard_lib
@@ -110,24 +111,24 @@ def make_manifest(
 
 def _check_manifest(manifest: Mapping, where: str) -> None:
   if not isinstance(manifest, Mapping):
-    raise ValueError(f'{where}: the manifest must be a JSON object, got {type(manifest).__name__}')
+    raise UserError(f'{where}: the manifest must be a JSON object, got {type(manifest).__name__}')
   if manifest.get('format') != MANIFEST_FORMAT:
-    raise ValueError(
+    raise UserError(
       f'{where}: manifest format {manifest.get("format")!r}; this gps_jax reads {MANIFEST_FORMAT!r}'
     )
   missing = [key for key in MANIFEST_KEYS if key not in manifest]
   if missing:
-    raise ValueError(f'{where}: the manifest lacks {missing}')
+    raise UserError(f'{where}: the manifest lacks {missing}')
   base = manifest['base']
   if not isinstance(base, Mapping) or set(base) != {'path', 'sha256'}:
-    raise ValueError(
+    raise UserError(
       f"{where}: manifest 'base' must be {{'path': ..., 'sha256': ...}}, got {base!r}"
     )
   for key in ('fan_in_ndim', 'shapes', 'model'):
     if not isinstance(manifest[key], Mapping):
-      raise ValueError(f'{where}: manifest {key!r} must be a JSON object')
+      raise UserError(f'{where}: manifest {key!r} must be a JSON object')
   if set(manifest['fan_in_ndim']) != set(manifest['shapes']):
-    raise ValueError(f"{where}: manifest 'fan_in_ndim' and 'shapes' name different leaves")
+    raise UserError(f"{where}: manifest 'fan_in_ndim' and 'shapes' name different leaves")
 
 
 def write_json_atomic(path: str, obj: Any) -> None:
@@ -181,7 +182,7 @@ def load_delta(path: str) -> dict[str, dict[str, np.ndarray]]:
     tree = ckptr.restore(path)
   missing = [p for p in PARTS if p not in tree]
   if missing:
-    raise ValueError(f'{path} is not a gps_jax delta checkpoint: it lacks {missing}')
+    raise UserError(f'{path} is not a gps_jax delta checkpoint: it lacks {missing}')
   return {part: tree_lib.flat(tree[part]) if tree[part] else {} for part in PARTS}
 
 
@@ -190,7 +191,7 @@ def parse_manifest(text: str, where: str) -> dict:
   try:
     manifest = json.loads(text)
   except ValueError as e:
-    raise ValueError(f'{where}: not a valid JSON manifest: {e}') from None
+    raise UserError(f'{where}: not a valid JSON manifest: {e}') from None
   _check_manifest(manifest, where)
   return manifest
 
@@ -256,7 +257,7 @@ class TrainCheckpoints:
     changed = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
     changed = [k for k in changed if k not in RESUME_FREE]
     if changed:
-      raise ValueError(
+      raise UserError(
         f'{self.directory} holds checkpoints of a run with another config (changed: '
         f'{", ".join(changed)}); use a new --workdir, or delete that directory to start over'
       )
@@ -277,7 +278,7 @@ class TrainCheckpoints:
       return self.manager.restore(step, args=ocp.args.Composite(**args))
     except Exception as e:  # a damaged or partial step directory
       others = [s for s in self.manager.all_steps() if s != step]
-      raise ValueError(
+      raise UserError(
         f'cannot restore the checkpoint of step {step} in {self.directory} '
         f'({type(e).__name__}: {e}); the other steps there are {others}: delete '
         f'{os.path.join(self.directory, str(step))} to resume from the latest of them'

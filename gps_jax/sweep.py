@@ -16,16 +16,18 @@ import jax
 import ml_collections
 import numpy as np
 
+from gps_jax import config_check
 from gps_jax import experiment
 from gps_jax import files
 from gps_jax import methods as methods_lib
 from gps_jax import upstream as upstream_lib
+from gps_jax.errors import UserError
 
 
 def _merge(node: ml_collections.ConfigDict, overrides, where: str) -> None:
   for key, value in overrides.items():
     if key not in node:
-      raise KeyError(f'{where}.{key} is not a config key')
+      raise UserError(f'{where}.{key} is not a config key')
     if isinstance(node[key], ml_collections.ConfigDict):
       _merge(node[key], value, f'{where}.{key}')
     else:
@@ -80,8 +82,13 @@ def run_config(
   config = config.copy_and_resolve_references()
   methods = tuple(config.get('compare_methods') or ()) or (config.method,)
   seeds = tuple(config.get('compare_seeds') or ()) or (config.seed,)
-  for method in methods:  # fail on a bad method before hours of upstream training
-    methods_lib.rules(method_config(config, method))
+  # Fail on a bad value before hours of upstream training: the config, then each method's.
+  config_check.validate(config)
+  for method in methods:
+    cfg = method_config(config, method)
+    if method in (config.get('method_overrides') or {}):
+      config_check.validate(cfg, what=f'config.method_overrides.{method}')
+    methods_lib.rules(cfg)
   if config.upstream:
     path = upstream_lib.ensure_upstream(config.upstream, workdir, printer)
     with config.unlocked():

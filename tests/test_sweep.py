@@ -4,7 +4,7 @@ import pytest
 
 from gps_jax import sweep
 from gps_jax import upstream
-from gps_jax.config_defaults import experiment_config
+from gps_jax.config_defaults import experiment_config, upstream_config
 
 
 def _config():
@@ -27,7 +27,7 @@ def test_method_config_applies_only_its_overrides():
 def test_method_config_rejects_unknown_key():
   c = _config()
   c.method_overrides = {'full': {'optim': {'learning_rate': 1e-3}}}
-  with pytest.raises(KeyError, match=r'config.method_overrides.full.optim.learning_rate'):
+  with pytest.raises(ValueError, match=r'config.method_overrides.full.optim.learning_rate'):
     sweep.method_config(c, 'full')
 
 
@@ -54,11 +54,24 @@ def test_format_comparison_mean_and_sample_std():
 
 
 def test_upstream_cache_key_follows_the_config(tmp_path):
-  a = experiment_config()
+  a = upstream_config()  # the config of an upstream stage: experiment keys + name, cache_dir
   a.cache_dir = str(tmp_path)
-  b = experiment_config()
+  b = upstream_config()
   b.cache_dir = str(tmp_path)
   assert upstream.cache_path(a) == upstream.cache_path(b)
   assert upstream.cache_path(a).startswith(str(tmp_path))
   b.train.epochs = 3
   assert upstream.cache_path(a) != upstream.cache_path(b)
+
+
+def test_run_config_checks_the_config_before_anything_runs(tmp_path):
+  c = _config()
+  c.train.epochs = -2
+  with pytest.raises(ValueError, match=r'^config.train.epochs=-2'):
+    sweep.run_config(c, str(tmp_path / 'run'), printer=lambda s: None)
+  c = _config()
+  c.compare_methods = ('gps', 'full')
+  c.method_overrides = {'full': {'optim': {'lr': -1.0}}}
+  with pytest.raises(ValueError, match=r'^config.method_overrides.full: config.optim.lr=-1.0'):
+    sweep.run_config(c, str(tmp_path / 'run'), printer=lambda s: None)
+  assert not (tmp_path / 'run').exists()

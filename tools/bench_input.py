@@ -20,6 +20,10 @@ accelerator would wait for input.
 
 from __future__ import annotations
 
+from gps_jax import quiet
+
+quiet.import_tensorflow()  # before anything imports it: no C++ start-up lines on stderr
+
 import functools
 import gc
 import json
@@ -34,6 +38,7 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
+from gps_jax import errors
 from gps_jax import methods
 from gps_jax import roles as roles_lib
 from gps_jax import tree as tree_lib
@@ -135,4 +140,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(lambda argv: errors.run(lambda: main(argv)))  # a bad config: one error: line, status 1

@@ -17,6 +17,7 @@ from absl import logging
 import numpy as np
 
 from gps_jax import checkpoint
+from gps_jax import errors
 
 flags.DEFINE_string('leaves', r'encoderblock_1/|^embedding/', 'Regex of the leaves to show.')
 FLAGS = flags.FLAGS
@@ -43,4 +44,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(lambda argv: errors.run(lambda: main(argv)))  # a bad path: one error: line, status 1

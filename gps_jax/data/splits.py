@@ -38,6 +38,7 @@ from gps_jax.data import folders
 from gps_jax.data import sources
 from gps_jax.data import vtab
 from gps_jax.data.augment import hide_gpus_from_tf
+from gps_jax.errors import UserError
 
 hide_gpus_from_tf()
 log = logging.getLogger(__name__)
@@ -108,7 +109,7 @@ def role_name(source: str, role: str) -> str:
   canonical = _VTAB_ROLES.get(role, role) if source in ('vtab', 'vtab_folder') else role
   if canonical not in ROLES:
     extra = ', or train800, val200, train800val200' if source in ('vtab', 'vtab_folder') else ''
-    raise ValueError(
+    raise UserError(
       f'config.data split {role!r} for source {source!r}: use one of {", ".join(ROLES)}{extra}'
     )
   return canonical
@@ -126,18 +127,18 @@ def num_classes(data: ml_collections.ConfigDict) -> int:
   if source == 'tfds':
     return _tfds_set(data.name).num_classes
   if source == 'vpt_folder':
-    raise ValueError(
+    raise UserError(
       'config.data.num_classes must be set for source "vpt_folder" (FGVC folders do not '
       'say how many classes there are)'
     )
-  raise ValueError(f'config.data.source={source!r}: use one of {", ".join(SOURCES)}')
+  raise UserError(f'config.data.source={source!r}: use one of {", ".join(SOURCES)}')
 
 
 def open_split(data: ml_collections.ConfigDict, role: str) -> Split:
   """The split ``role`` of the data set described by ``config.data``."""
   source = data.get('source', 'memory')
   if source not in SOURCES:
-    raise ValueError(f'config.data.source={source!r}: use one of {", ".join(SOURCES)}')
+    raise UserError(f'config.data.source={source!r}: use one of {", ".join(SOURCES)}')
   role = role_name(source, role)
   n_cls = num_classes(data)
   if source == 'memory':
@@ -188,7 +189,7 @@ def _memory_split(data, role: str, n_cls: int) -> Split:
 
 def _tfds_set(name: str) -> TfdsSet:
   if name not in TFDS_SETS:
-    raise ValueError(
+    raise UserError(
       f'config.data.name={name!r} is not a known TFDS set for source "tfds"; use one of '
       f'{", ".join(TFDS_SETS)} (VTAB-1k tasks use source "vtab")'
     )
@@ -236,7 +237,7 @@ def tfds_builder(
   try:
     builder = tfds.builder(tfds_name, data_dir=data_dir)
   except tfds.core.registered.DatasetNotFoundError as e:
-    raise ValueError(f'TFDS has no builder {tfds_name!r} ({e})') from e
+    raise UserError(f'TFDS has no builder {tfds_name!r} ({e})') from e
   if builder.is_prepared():
     return builder
   if data.get('prepare', False):
@@ -272,7 +273,7 @@ def _from_builder(builder, split: str, name: str, n_cls: int, example_fn, decode
       split=split, decoders={'image': tfds.decode.SkipDecoding()}, shuffle_files=False
     )
   except (KeyError, ValueError) as e:
-    raise ValueError(
+    raise UserError(
       f'{name}: cannot read split {split!r} from {builder.data_dir} '
       f'(prepared splits: {", ".join(builder.info.splits) or "none"}): {e}'
     ) from e
@@ -355,7 +356,7 @@ def folder_split(name: str, paths: list[str], labels, num_classes: int) -> Split
 def _folder_split(data, source: str, role: str, n_cls: int) -> Split:
   root = data.get('data_dir') or ''
   if not root:
-    raise ValueError(f'config.data.data_dir must name the dataset folder for source {source!r}')
+    raise UserError(f'config.data.data_dir must name the dataset folder for source {source!r}')
   if source == 'vtab_folder':
     paths, labels = folders.read_vtab_folder(root, role)
   else:

@@ -1,6 +1,6 @@
 """Loading a delta: the `Delta` of a checkpoint directory (and its manifest) or of an export.
 
-Every failure to read a delta is a FileNotFoundError or a one-line ValueError that names the
+Every failure to read a delta is a FileNotFoundError or a one-line UserError (a ValueError) that names the
 path and what is wrong (never an orbax traceback): `gps_jax.delta.cli` prints it as ``error:``.
 """
 
@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import sys
 
 import numpy as np
 
 from gps_jax import checkpoint
+from gps_jax.delta import restore as restore_lib
+from gps_jax.errors import UserError
 from gps_jax.delta.export import is_export, read_export, split_export
 
 
@@ -33,7 +34,7 @@ class Delta:
   def require_manifest(self) -> dict:
     """The manifest; a ValueError for a delta without one (apply and compose need it)."""
     if self.manifest is None:
-      raise ValueError(f'{self.source} has no manifest; apply and compose need one')
+      raise UserError(f'{self.source} has no manifest; apply and compose need one')
     return self.manifest
 
 
@@ -44,49 +45,22 @@ def _one_line(e: BaseException) -> str:
   return f'{type(e).__name__}: {text}' if text else type(e).__name__
 
 
-def _drop_closed_loop_callbacks() -> None:
-  """After a failed orbax restore, tensorstore may still finish the other reads of the restore
-  and call ``call_soon_threadsafe`` on its event loop, closed by then: Python prints each such
-  RuntimeError as an 'Exception ignored' traceback (also at interpreter exit). This drops those
-  (a `sys.unraisablehook` wrapper, installed once) and passes every other one on."""
-  previous = sys.unraisablehook
-  if getattr(previous, 'gps_jax_drops_closed_loop', False):
-    return
-
-  def hook(unraisable) -> None:
-    e = unraisable.exc_value
-    if isinstance(e, RuntimeError) and str(e) == 'Event loop is closed':
-      return
-    previous(unraisable)
-
-  hook.gps_jax_drops_closed_loop = True
-  sys.unraisablehook = hook
-
-
-def _restore(path: str) -> dict:
-  try:
-    return checkpoint.load_delta(path)
-  except BaseException:
-    _drop_closed_loop_callbacks()
-    raise
-
-
 def _load_checkpoint(path: str) -> dict:
   """`checkpoint.load_delta`, its orbax errors as a one-line ValueError naming `path`."""
   if not os.path.isdir(path):
     raise FileNotFoundError(f'no delta checkpoint at {os.path.abspath(path)}')
   try:
-    return _restore(path)
+    return restore_lib.restore(path)
   except FileNotFoundError as e:  # a file of the checkpoint is missing
-    raise ValueError(
+    raise UserError(
       f'{path} is not a readable delta checkpoint (a file is missing): {_one_line(e)}'
     ) from None
   except ValueError as e:
     if str(e).startswith(os.path.abspath(path)) and '\n' not in str(e):
       raise  # the message of gps_jax.checkpoint, which names the path
-    raise ValueError(f'{path} is not a readable delta checkpoint: {_one_line(e)}') from None
+    raise UserError(f'{path} is not a readable delta checkpoint: {_one_line(e)}') from None
   except Exception as e:  # noqa: BLE001  (orbax / tensorstore / msgpack errors of garbage)
-    raise ValueError(f'{path} is not a readable delta checkpoint: {_one_line(e)}') from None
+    raise UserError(f'{path} is not a readable delta checkpoint: {_one_line(e)}') from None
 
 
 def _parts(parts, source: str) -> dict[str, dict[str, np.ndarray]]:
@@ -95,7 +69,7 @@ def _parts(parts, source: str) -> dict[str, dict[str, np.ndarray]]:
     try:
       out[part] = {str(p): np.asarray(v) for p, v in dict(parts[part]).items()}
     except (KeyError, TypeError, ValueError) as e:
-      raise ValueError(
+      raise UserError(
         f'{source}: its {part!r} part is not a set of arrays: {_one_line(e)}'
       ) from None
   return out
@@ -116,7 +90,7 @@ def load(path: str, *, require_manifest: bool = True) -> Delta:
         raise
       manifest = None
     except (UnicodeDecodeError, OSError) as e:
-      raise ValueError(
+      raise UserError(
         f'{checkpoint.manifest_path(path)}: not a readable manifest: {_one_line(e)}'
       ) from None
   parts = _parts(parts, path)
@@ -128,7 +102,7 @@ def load(path: str, *, require_manifest: bool = True) -> Delta:
 def validate(d: Delta) -> None:
   """Checks that indices, values and manifest agree (leaves, shapes, index range)."""
   if set(d.indices) != set(d.delta):
-    raise ValueError(
+    raise UserError(
       f'{d.source}: indices and delta values name different leaves: '
       f'{sorted(set(d.indices) ^ set(d.delta))}'
     )
@@ -143,7 +117,7 @@ def validate(d: Delta) -> None:
   if d.manifest is not None:
     layout = d.manifest['fan_in_ndim']
     if set(layout) != set(d.delta):
-      raise ValueError(
+      raise UserError(
         f"{d.source}: the manifest's fan_in_ndim names {sorted(layout)}, "
         f'the delta has leaves {sorted(d.delta)}'
       )
@@ -156,7 +130,7 @@ def validate(d: Delta) -> None:
       elif idx.size and (idx.min() < 0 or idx.max() >= fan_in):
         problems.append(f'{p}: indices outside [0, {fan_in})')
   if problems:
-    raise ValueError(f'{d.source} is not a consistent delta:\n  ' + '\n  '.join(problems))
+    raise UserError(f'{d.source} is not a consistent delta:\n  ' + '\n  '.join(problems))
 
 
 def _require_manifest(d: Delta) -> dict:

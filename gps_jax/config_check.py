@@ -1,0 +1,118 @@
+"""Checks an experiment config once, before anything runs.
+
+`validate(config)` raises one UserError (a ValueError) naming the first bad key:
+positive durations and batch sizes, known method / score / update-mode /
+optimizer / data source / recipe names, K >= 1, checkpoint files that exist,
+and no `upstream` stage beside a user-given `model.checkpoint` (the upstream
+stage would replace it). A wrong value then fails in a second with its key
+named, not after minutes of start-up, or never (epochs=-2 once "trained" -50
+steps and exited 0). Deeper checks (a data set that is not prepared, a
+checkpoint that does not fit the model) stay where the file is read.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import os
+
+import ml_collections
+
+from gps_jax import methods
+from gps_jax import optim
+from gps_jax import selection
+from gps_jax.data.input_pipeline import RECIPES
+from gps_jax.data.splits import SOURCES
+from gps_jax.errors import UserError
+from gps_jax.trainer import MODES
+
+# Keys that must be > 0, and keys that may also be 0 (0 = off / default).
+POSITIVE = ('data.batch_size', 'data.eval_batch_size', 'optim.lr', 'train.log_every')
+NON_NEGATIVE = (
+  'train.steps',
+  'gps.batch_size',
+  'train.checkpoint_every_steps',
+  'optim.warmup_epochs',
+  'train.eval_every_epochs',
+  'optim.weight_decay',
+)
+
+
+def _get(c: ml_collections.ConfigDict, key: str):
+  node = c
+  for part in key.split('.'):
+    node = node[part]
+  return node
+
+
+def _one_of(key: str, value, choices) -> None:
+  if value not in choices:
+    raise UserError(f'config.{key}={value!r}: use one of {", ".join(map(str, choices))}')
+
+
+def _number(key: str, value, *, zero_ok: bool = False, integer: bool = False) -> None:
+  kinds = (int,) if integer else (int, float)
+  ok = isinstance(value, kinds) and not isinstance(value, bool) and math.isfinite(value)
+  if not ok or value < 0 or (value == 0 and not zero_ok):
+    want = ('an integer' if integer else 'a number') + (' >= 0' if zero_ok else ' > 0')
+    raise UserError(f'config.{key}={value!r}: must be {want}')
+
+
+def validate(config: ml_collections.ConfigDict, *, what: str = 'config') -> None:
+  """Raises a UserError naming the first key of `config` that cannot run."""
+  try:
+    _validate(config)
+  except ValueError as e:  # methods.get and a nested stage raise their own
+    if what == 'config' and isinstance(e, UserError):
+      raise
+    prefix = '' if what == 'config' else f'{what}: '
+    raise UserError(f'{prefix}{e}') from None
+
+
+def _validate(c: ml_collections.ConfigDict) -> None:
+  methods.get(c.method)
+  for method in c.get('compare_methods') or ():
+    methods.get(method)
+  if c.gps.score:
+    _one_of('gps.score', c.gps.score, tuple(selection.SCORERS))
+  _one_of('train.update_mode', c.train.update_mode, MODES)
+  _one_of('optim.name', c.optim.name, optim.OPTIMIZERS)
+  _one_of('data.source', c.data.source, SOURCES)
+  _one_of('data.recipe', c.data.recipe, RECIPES)
+  _number('gps.k', c.gps.k, integer=True)
+  _number('train.epochs', c.train.epochs, zero_ok=bool(c.train.steps))  # steps > 0 wins
+  for key in POSITIVE:
+    _number(key, _get(c, key))
+  for key in NON_NEGATIVE:
+    _number(key, _get(c, key), zero_ok=True)
+  _number('train.keep_checkpoints', c.train.keep_checkpoints, integer=True)
+  path = c.model.checkpoint
+  if path and not os.path.isfile(os.path.expanduser(path)):
+    raise UserError(f'config.model.checkpoint={path!r}: no such file')
+  if c.get('upstream'):
+    if path:
+      raise UserError(
+        f'config.model.checkpoint={path!r} is given, but this config has an upstream stage '
+        '(config.upstream) that trains the backbone and would replace it: use a config '
+        'without an upstream stage to fine-tune your checkpoint'
+      )
+    validate(c.upstream, what='config.upstream')
+
+
+def unknown_key(config: ml_collections.ConfigDict, key: str) -> str | None:
+  """For an override ``--config.<key>`` that `config` lacks: a message naming the
+  nearest existing keys (ml_collections only says AttributeError: "'<name>'");
+  None when `key` exists."""
+  node, where = config, ''
+  for part in key.split('.'):
+    if not isinstance(node, ml_collections.ConfigDict):
+      return f'--config.{key}: config.{where[:-1]} is {node!r}, not a group of keys'
+    if part not in node:
+      names = sorted(node.keys())
+      near = difflib.get_close_matches(part, names, n=5, cutoff=0.3) or names[:8]
+      group = f'config.{where[:-1]}' if where else 'the config'
+      return f'--config.{key}: no such key in {group}; nearest: ' + ', '.join(
+        where + n for n in near
+      )
+    node, where = node[part], f'{where}{part}.'
+  return None

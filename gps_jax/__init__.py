@@ -10,6 +10,7 @@ from gps_jax.losses import cross_entropy, l2_normalize, supcon_loss
 from gps_jax.mask_stats import format_table, mask_statistics
 from gps_jax.models import ConvNeXt, SwinTransformer, ViT, build_convnext, build_swin, build_vit
 from gps_jax.models import convnext_config, swin_config, vit_config
+from gps_jax.models.registry import FAMILIES, Family
 from gps_jax.methods import METHODS, Method
 from gps_jax.roles import DEFAULT_FAN_IN_RULES, GPS_RULES, LeafRole, assign_roles
 from gps_jax.selection import (
@@ -24,6 +25,8 @@ from gps_jax.selection import (
 )
 from gps_jax.sparse import combine, scatter_add
 from gps_jax.trainer import MaskedFinetuner, TrainState, fit
+from gps_jax.updates import DenseMasked, SparseDelta
+from gps_jax.updates import RULES as UPDATE_RULES
 from gps_jax.vit_npz import load_vit_npz, resize_posemb, save_vit_npz
 from gps_jax.weights import build_model, load_checkpoint, read_state_dict
 

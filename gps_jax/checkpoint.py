@@ -42,7 +42,7 @@ import orbax.checkpoint as ocp
 from gps_jax import roles as roles_lib
 from gps_jax.errors import UserError
 from gps_jax import tree as tree_lib
-from gps_jax.files import write_atomic
+from gps_jax.files import write_json
 from gps_jax import sharding as shard_lib
 
 PARTS = ('indices', 'train', 'delta')
@@ -131,16 +131,6 @@ def _check_manifest(manifest: Mapping, where: str) -> None:
     raise UserError(f"{where}: manifest 'fan_in_ndim' and 'shapes' name different leaves")
 
 
-def write_json_atomic(path: str, obj: Any) -> None:
-  """Writes `obj` as JSON to a temporary file in the same folder, then moves it over `path`."""
-
-  def write(f):
-    json.dump(obj, f, indent=1, sort_keys=True)
-    f.write('\n')
-
-  write_atomic(path, write, binary=False)
-
-
 def save_delta(
   path: str, result: Mapping[str, Mapping[str, Any]], manifest: Optional[Mapping] = None
 ) -> None:
@@ -170,7 +160,7 @@ def save_delta(
     ckptr.save(path, tree, force=True)
     ckptr.wait_until_finished()
   if manifest is not None and primary:
-    write_json_atomic(manifest_path(path), manifest)
+    write_json(manifest_path(path), manifest, sort_keys=True)
 
 
 def load_delta(path: str) -> dict[str, dict[str, np.ndarray]]:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import difflib
 import math
 import os
+import re
 
 import ml_collections
 
@@ -71,7 +72,7 @@ def validate(config: ml_collections.ConfigDict, *, what: str = 'config') -> None
 
 def _validate(c: ml_collections.ConfigDict) -> None:
   methods.get(c.method)
-  for method in c.get('compare_methods') or ():
+  for method in c.compare_methods:
     methods.get(method)
   if c.gps.score:
     _one_of('gps.score', c.gps.score, tuple(selection.SCORERS))
@@ -86,10 +87,11 @@ def _validate(c: ml_collections.ConfigDict) -> None:
   for key in NON_NEGATIVE:
     _number(key, _get(c, key), zero_ok=True)
   _number('train.keep_checkpoints', c.train.keep_checkpoints, integer=True)
+  _decay_rules(c.optim.weight_decay_rules)
   path = c.model.checkpoint
   if path and not os.path.isfile(os.path.expanduser(path)):
     raise UserError(f'config.model.checkpoint={path!r}: no such file')
-  if c.get('upstream'):
+  if c.upstream:
     if path:
       raise UserError(
         f'config.model.checkpoint={path!r} is given, but this config has an upstream stage '
@@ -97,6 +99,20 @@ def _validate(c: ml_collections.ConfigDict) -> None:
         'without an upstream stage to fine-tune your checkpoint'
       )
     validate(c.upstream, what='config.upstream')
+
+
+def _decay_rules(rules) -> None:
+  """(regex, multiplier >= 0) pairs; whether they cover every parameter is checked when
+  the optimizer meets the parameters (the paths are not known here)."""
+  for i, rule in enumerate(rules):
+    where = f'config.optim.weight_decay_rules[{i}]={tuple(rule)!r}'
+    if len(rule) != 2 or not isinstance(rule[0], str):
+      raise UserError(f'{where}: want a (regex, multiplier) pair')
+    try:
+      re.compile(rule[0])
+    except re.error as e:
+      raise UserError(f'{where}: not a regular expression ({e})') from None
+    _number(f'optim.weight_decay_rules[{i}] multiplier', rule[1], zero_ok=True)
 
 
 def unknown_key(config: ml_collections.ConfigDict, key: str) -> str | None:

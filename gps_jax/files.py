@@ -52,13 +52,13 @@ def write_atomic(path: str | os.PathLike, write: Callable[[IO], None], binary: b
   write_atomic_path(path, write_to_tmp)
 
 
-def write_json(path: str | os.PathLike, obj: Any) -> None:
-  """Writes ``obj`` as UTF-8 JSON (indent=1, keys in their order, a trailing newline),
-  atomically (`write_atomic_path`)."""
+def write_json(path: str | os.PathLike, obj: Any, *, sort_keys: bool = False) -> None:
+  """Writes ``obj`` as UTF-8 JSON (indent=1, keys in their order unless `sort_keys`, a
+  trailing newline), atomically (`write_atomic_path`)."""
 
   def write_to_tmp(tmp: str) -> None:
     with open(tmp, 'w', encoding='utf-8') as f:
-      json.dump(obj, f, indent=1, sort_keys=False)
+      json.dump(obj, f, indent=1, sort_keys=sort_keys)
       f.write('\n')
 
   write_atomic_path(path, write_to_tmp)

@@ -53,10 +53,6 @@ flags.mark_flags_as_required(['config', 'workdir'])
 _ENV = ('JAX_COORDINATOR_ADDRESS', 'JAX_NUM_PROCESSES', 'JAX_PROCESS_ID')
 
 
-def _print(msg: str) -> None:
-  print(msg, flush=True)
-
-
 def init_distributed() -> None:
   """jax.distributed from the flags or the environment; nothing for a single process."""
   import jax
@@ -122,10 +118,7 @@ def _run() -> None:
   if not os.path.isfile(path):  # config_flags would fail later, with a traceback
     raise FileNotFoundError(f'--config={path}: no such file')
   init_distributed()
-  import jax
-
-  printer = _print if jax.process_index() == 0 else (lambda msg: None)
-  sweep.run_config(FLAGS.config, FLAGS.workdir, printer)
+  sweep.run_config(FLAGS.config, FLAGS.workdir)  # process 0 prints and writes
 
 
 def main(argv):

@@ -10,7 +10,6 @@ seeds) is printed and saved as `comparison.txt` and `comparison.json`.
 from __future__ import annotations
 
 import os
-from typing import Callable
 
 import jax
 import ml_collections
@@ -22,6 +21,7 @@ from gps_jax import files
 from gps_jax import methods as methods_lib
 from gps_jax import upstream as upstream_lib
 from gps_jax.errors import UserError
+from gps_jax.metrics import say
 
 
 def _merge(node: ml_collections.ConfigDict, overrides, where: str) -> None:
@@ -43,7 +43,7 @@ def method_config(config: ml_collections.ConfigDict, method: str) -> ml_collecti
   cfg = config.copy_and_resolve_references()
   with cfg.unlocked():
     cfg.method = method
-    overrides = (config.get('method_overrides') or {}).get(method, {})
+    overrides = config.method_overrides.get(method, {})
     _merge(cfg, overrides, f'config.method_overrides.{method}')
   return cfg
 
@@ -76,21 +76,21 @@ def format_comparison(rows: list[dict]) -> str:
 
 
 def run_config(
-  config: ml_collections.ConfigDict, workdir: str, printer: Callable[[str], None] = print
+  config: ml_collections.ConfigDict, workdir: str
 ) -> list[dict]:
   """Runs everything `config` asks for; returns the results of every run."""
   config = config.copy_and_resolve_references()
-  methods = tuple(config.get('compare_methods') or ()) or (config.method,)
-  seeds = tuple(config.get('compare_seeds') or ()) or (config.seed,)
+  methods = tuple(config.compare_methods) or (config.method,)
+  seeds = tuple(config.compare_seeds) or (config.seed,)
   # Fail on a bad value before hours of upstream training: the config, then each method's.
   config_check.validate(config)
   for method in methods:
     cfg = method_config(config, method)
-    if method in (config.get('method_overrides') or {}):
+    if method in config.method_overrides:
       config_check.validate(cfg, what=f'config.method_overrides.{method}')
     methods_lib.rules(cfg)
   if config.upstream:
-    path = upstream_lib.ensure_upstream(config.upstream, workdir, printer)
+    path = upstream_lib.ensure_upstream(config.upstream, workdir)
     with config.unlocked():
       config.model.checkpoint = path
   rows = []
@@ -106,7 +106,7 @@ def run_config(
       rows.append(res)
   if len(rows) > 1 and jax.process_index() == 0:
     table = format_comparison(rows)
-    printer('\n' + table)
+    say('\n' + table)
     files.write_json(
       os.path.join(workdir, 'comparison.json'),
       [{k: v for k, v in r.items() if k != 'history'} for r in rows],

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Callable
 
 import jax
 import ml_collections
@@ -21,6 +20,7 @@ import ml_collections
 from gps_jax import experiment
 from gps_jax import sharding as shard_lib
 from gps_jax import tree as tree_lib
+from gps_jax.metrics import say
 from gps_jax.vit_npz import save_vit_npz
 
 # Bump when a code change alters what an unchanged upstream config trains to (data
@@ -42,14 +42,14 @@ def cache_path(upstream: ml_collections.ConfigDict) -> str:
 
 
 def ensure_upstream(
-  upstream: ml_collections.ConfigDict, workdir: str, printer: Callable[[str], None] = print
+  upstream: ml_collections.ConfigDict, workdir: str
 ) -> str:
   """Returns the cached backbone `.npz` of `upstream`, training it first if absent."""
   path = cache_path(upstream)
   if os.path.exists(path):
-    printer(f'[upstream] using cached backbone {path}')
+    say(f'[upstream] using cached backbone {path}')
     return path
-  printer(f'[upstream] pretraining the backbone (cached afterwards at {path})')
+  say(f'[upstream] pretraining the backbone (cached afterwards at {path})')
   res, params = experiment.run(upstream, os.path.join(workdir, 'upstream'))
   backbone = shard_lib.to_host({p: v for p, v in params.items() if not tree_lib.is_head(p)})
   if jax.process_index() == 0:  # one writer; the others wait for the file
@@ -59,5 +59,5 @@ def ensure_upstream(
     from jax.experimental import multihost_utils
 
     multihost_utils.sync_global_devices(f'upstream saved {path}')
-  printer(f'[upstream] test accuracy {res["test_accuracy"]:.4f}; saved {path}')
+  say(f'[upstream] test accuracy {res["test_accuracy"]:.4f}; saved {path}')
   return path

@@ -47,6 +47,17 @@ BAD = [
   ('data.source', 'nope', "config.data.source='nope'"),
   ('data.recipe', 'nope', "config.data.recipe='nope'"),
   ('model.checkpoint', '/no/such/file.npz', "config.model.checkpoint='/no/such/file.npz'"),
+  (
+    'optim.weight_decay_rules',
+    (('(bias', 0.0),),
+    "config.optim.weight_decay_rules[0]=('(bias', 0.0): not a regular expression",
+  ),
+  (
+    'optim.weight_decay_rules',
+    (('bias', -1.0), ('.*', 1.0)),
+    'config.optim.weight_decay_rules[0] multiplier=-1.0: must be a number >= 0',
+  ),
+  ('optim.weight_decay_rules', (('.*',),), 'config.optim.weight_decay_rules[0]=(\'.*\',): want'),
 ]
 
 

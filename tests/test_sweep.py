@@ -68,10 +68,10 @@ def test_run_config_checks_the_config_before_anything_runs(tmp_path):
   c = _config()
   c.train.epochs = -2
   with pytest.raises(ValueError, match=r'^config.train.epochs=-2'):
-    sweep.run_config(c, str(tmp_path / 'run'), printer=lambda s: None)
+    sweep.run_config(c, str(tmp_path / 'run'))
   c = _config()
   c.compare_methods = ('gps', 'full')
   c.method_overrides = {'full': {'optim': {'lr': -1.0}}}
   with pytest.raises(ValueError, match=r'^config.method_overrides.full: config.optim.lr=-1.0'):
-    sweep.run_config(c, str(tmp_path / 'run'), printer=lambda s: None)
+    sweep.run_config(c, str(tmp_path / 'run'))
   assert not (tmp_path / 'run').exists()

@@ -117,9 +117,9 @@ def role_name(source: str, role: str) -> str:
 
 def num_classes(data: ml_collections.ConfigDict) -> int:
   """The class count of the configured data set (config.data.num_classes wins if > 0)."""
-  if data.get('num_classes', 0):
+  if data.num_classes:
     return int(data.num_classes)
-  source = data.get('source', 'memory')
+  source = data.source
   if source == 'memory':
     return sources.num_classes(data.name)
   if source in ('vtab', 'vtab_folder'):
@@ -136,7 +136,7 @@ def num_classes(data: ml_collections.ConfigDict) -> int:
 
 def open_split(data: ml_collections.ConfigDict, role: str) -> Split:
   """The split ``role`` of the data set described by ``config.data``."""
-  source = data.get('source', 'memory')
+  source = data.source
   if source not in SOURCES:
     raise UserError(f'config.data.source={source!r}: use one of {", ".join(SOURCES)}')
   role = role_name(source, role)
@@ -179,7 +179,7 @@ def memory_split(name: str, images, labels, num_classes: int) -> Split:
 
 def _memory_split(data, role: str, n_cls: int) -> Split:
   images, labels = sources.load_dataset(
-    data.name, role, data_dir=data.get('data_dir') or None, seed=data.get('split_seed', 0)
+    data.name, role, data_dir=data.data_dir or None, seed=data.split_seed
   )
   return memory_split(f'{data.name}:{role}', images, labels, n_cls)
 
@@ -228,8 +228,8 @@ def tfds_builder(
   """
   import tensorflow_datasets as tfds
 
-  data_dir = data.get('data_dir') or None
-  manual_dir = data.get('manual_dir') or None
+  data_dir = data.data_dir or None
+  manual_dir = data.manual_dir or None
   if version:
     pinned = _pinned_builder(tfds_name, version, data_dir)
     if pinned is not None:
@@ -240,7 +240,7 @@ def tfds_builder(
     raise UserError(f'TFDS has no builder {tfds_name!r} ({e})') from e
   if builder.is_prepared():
     return builder
-  if data.get('prepare', False):
+  if data.prepare:
     config = tfds.download.DownloadConfig(manual_dir=manual_dir)
     builder.download_and_prepare(download_config=config)
     return builder
@@ -354,12 +354,12 @@ def folder_split(name: str, paths: list[str], labels, num_classes: int) -> Split
 
 
 def _folder_split(data, source: str, role: str, n_cls: int) -> Split:
-  root = data.get('data_dir') or ''
+  root = data.data_dir
   if not root:
     raise UserError(f'config.data.data_dir must name the dataset folder for source {source!r}')
   if source == 'vtab_folder':
     paths, labels = folders.read_vtab_folder(root, role)
   else:
-    paths, labels = folders.read_vpt_folder(root, role, data.get('image_dir') or None)
+    paths, labels = folders.read_vpt_folder(root, role, data.image_dir or None)
   name = f'{os.path.basename(os.path.normpath(root))}:{role}'
   return folder_split(name, paths, labels, n_cls)

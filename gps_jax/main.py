@@ -23,6 +23,12 @@ from ml_collections.config_flags.config_flags import ConfigFileFlagParser
 from gps_jax import config_check
 from gps_jax import errors
 from gps_jax import sweep
+from gps_jax.methods import METHODS
+
+# --help prints this docstring: it lists the registered methods.
+__doc__ += '\nMethods (--config.method=NAME):\n' + '\n'.join(
+  f'  {name:<10} {method.doc}' for name, method in METHODS.items()
+)
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(
@@ -31,7 +37,8 @@ config_flags.DEFINE_config_file(
 flags.DEFINE_string(
   'workdir',
   None,
-  'Directory for results.json, mask_stats.json and the checkpoint of the trainable state.',
+  'Directory for results.json, mask_stats.json, metrics.jsonl, the delta checkpoint and the '
+  'resumable train_state (a rerun in the same directory resumes).',
 )
 flags.DEFINE_string(
   'coordinator_address',

@@ -28,6 +28,12 @@ def get_config(arg=None):
   c.data.name = 'cifar100'
   c.data.recipe = 'fgvc'
   c.data.resize_size = 248
+  # As SSF's train.py (and GPS's train_gps.py without --no-aug) would: timm's default
+  # --train-interpolation 'random' for the crops and SupCon views, the ViT config's
+  # 'bicubic' for eval. No GPS script for full CIFAR-100 exists to confirm it.
+  c.data.train_interpolation = 'random'
+  c.data.eval_interpolation = 'bicubic'
+  c.data.select_interpolation = 'random'
   c.data.eval_batch_size = 512
   c.train.label_smoothing = 0.1
   c.train.ema_decay = 0.99992

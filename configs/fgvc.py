@@ -64,6 +64,12 @@ def get_config(arg=None):
   c.data.image_dir = image_dir
   c.data.recipe = 'fgvc'
   c.data.resize_size = 248
+  # The original (timm 0.6.5, --simple-aug --contrast-aug): train crops and SupCon views
+  # with timm's default --train-interpolation 'random' (bilinear or bicubic per image),
+  # eval with the ViT config's 'bicubic'.
+  c.data.train_interpolation = 'random'
+  c.data.eval_interpolation = 'bicubic'
+  c.data.select_interpolation = 'random'
   c.train.mixup = 0.8
   c.train.cutmix = 1.0
   c.train.label_smoothing = 0.1

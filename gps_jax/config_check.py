@@ -2,12 +2,13 @@
 
 `validate(config)` raises one UserError (a ValueError) naming the first bad key:
 positive durations and batch sizes, known method / score / update-mode /
-optimizer / data source / recipe names, K >= 1, checkpoint files that exist,
-and no `upstream` stage beside a user-given `model.checkpoint` (the upstream
-stage would replace it). A wrong value then fails in a second with its key
-named, not after minutes of start-up, or never (epochs=-2 once "trained" -50
-steps and exited 0). Deeper checks (a data set that is not prepared, a
-checkpoint that does not fit the model) stay where the file is read.
+optimizer / lr schedule / head init / data source / recipe names, K >= 1,
+checkpoint files that exist, and no `upstream` stage beside a user-given
+`model.checkpoint` (the upstream stage would replace it). A wrong value then
+fails in a second with its key named, not after minutes of start-up, or never
+(epochs=-2 once "trained" -50 steps and exited 0). Deeper checks (a data set
+that is not prepared, a checkpoint that does not fit the model) stay where the
+file is read.
 """
 
 from __future__ import annotations
@@ -22,9 +23,11 @@ import ml_collections
 from gps_jax import methods
 from gps_jax import optim
 from gps_jax import selection
+from gps_jax.data.augment import INTERPOLATIONS
 from gps_jax.data.input_pipeline import RECIPES
 from gps_jax.data.splits import SOURCES
 from gps_jax.errors import UserError
+from gps_jax.models.model_config import HEAD_INITS
 from gps_jax.trainer import MODES
 
 # Keys that must be > 0, and keys that may also be 0 (0 = off / default).
@@ -35,6 +38,7 @@ NON_NEGATIVE = (
   'train.checkpoint_every_steps',
   'optim.warmup_epochs',
   'train.eval_every_epochs',
+  'train.cooldown_epochs',
   'optim.weight_decay',
 )
 
@@ -78,6 +82,12 @@ def _validate(c: ml_collections.ConfigDict) -> None:
     _one_of('gps.score', c.gps.score, tuple(selection.SCORERS))
   _one_of('train.update_mode', c.train.update_mode, MODES)
   _one_of('optim.name', c.optim.name, optim.OPTIMIZERS)
+  _one_of('optim.schedule', c.optim.schedule, optim.SCHEDULES)
+  # A hand-built model config (config_defaults.vit_b16_model) may leave it to the module.
+  _one_of('model.head_init', c.model.head_init, HEAD_INITS)
+  for key in ('train_interpolation', 'select_interpolation'):
+    _one_of(f'data.{key}', c.data[key], INTERPOLATIONS)
+  _one_of('data.eval_interpolation', c.data.eval_interpolation, INTERPOLATIONS[:2])
   _one_of('data.source', c.data.source, SOURCES)
   _one_of('data.recipe', c.data.recipe, RECIPES)
   _number('gps.k', c.gps.k, integer=True)

@@ -48,10 +48,17 @@ class Backbone:
 
 @dataclasses.dataclass(frozen=True)
 class Durations:
-  """Every duration of a run in steps, from the config's epochs or steps."""
+  """Every duration of a run in steps, from the config's epochs or steps.
+
+  A run trains `total_steps` = `schedule_steps` (the lr schedule: train.epochs) +
+  `cooldown_steps` (train.cooldown_epochs at optim.end_lr, as timm's cooldown
+  epochs). train.steps > 0 is the whole run, with no cooldown.
+  """
 
   steps_per_epoch: int
   total_steps: int
+  schedule_steps: int
+  cooldown_steps: int
   warmup_steps: int
   eval_every: int
 
@@ -64,11 +71,15 @@ class Durations:
         f'config.data.batch_size={bs} is larger than the training split '
         f'{split.name} ({split.num_examples} examples)'
       )
+    schedule = config.train.steps or int(config.train.epochs * per_epoch)
+    cooldown = 0 if config.train.steps else int(config.train.cooldown_epochs * per_epoch)
     return cls(
       steps_per_epoch=per_epoch,
-      total_steps=config.train.steps or int(config.train.epochs * per_epoch),
+      total_steps=schedule + cooldown,
       warmup_steps=int(config.optim.warmup_epochs * per_epoch),
       eval_every=int(config.train.eval_every_epochs * per_epoch),
+      schedule_steps=schedule,
+      cooldown_steps=cooldown,
     )
 
 
@@ -147,6 +158,7 @@ def select_indices(
       mean=tuple(config.model.mean),
       std=tuple(config.model.std),
       seed=data_seed,
+      interpolation=config.data.select_interpolation,
       **_processes(),
     )
 
@@ -168,6 +180,8 @@ def make_iterators(config: ml_collections.ConfigDict, train_split, start_step: i
     tuple(config.model.mean),
     tuple(config.model.std),
     resize_size=config.data.resize_size or None,
+    train_interpolation=config.data.train_interpolation,
+    eval_interpolation=config.data.eval_interpolation,
   )
   split_names = {'train': train_split.name}
 
@@ -300,8 +314,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> tuple[dict, dict]:
     indices,
     config,
     num_classes=bb.num_classes,
-    total_steps=durations.total_steps,
+    total_steps=durations.schedule_steps,  # the lr schedule's length; the cooldown follows
     warmup_steps=durations.warmup_steps,
+    steps_per_epoch=durations.steps_per_epoch,
     mesh=bb.mesh,
     update=update_rule(config, bb, indices),
   )

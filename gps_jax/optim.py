@@ -2,23 +2,46 @@
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import optax
 
 OPTIMIZERS = ('adam', 'adamw', 'sgd')
+# config.optim.schedule: 'warmup_cosine' (per step, cosine after the warm-up) |
+# 'timm_epoch_cosine' (the reference's timm CosineLRScheduler, per epoch).
+SCHEDULES = ('warmup_cosine', 'timm_epoch_cosine')
 
 # The outer keys of the sparse update rule's trainable state ({'train': {path: array},
 # 'delta': {path: (neurons, K) array}}, gps_jax.sparse): not part of a parameter path.
 _SPARSE_KEYS = frozenset({'train', 'delta'})
 
 
-def schedule(cfg: ml_collections.ConfigDict, total_steps: int, warmup_steps: int) -> optax.Schedule:
-  """Linear warm-up from `warmup_init_lr` to `lr`, then cosine decay to `end_lr`."""
+def schedule(
+  cfg: ml_collections.ConfigDict, total_steps: int, warmup_steps: int, steps_per_epoch: int = 0
+) -> optax.Schedule:
+  """The learning rate per step, named by `cfg.schedule` (default 'warmup_cosine').
+
+  `total_steps` is the length of the schedule (the epochs, not the cooldown:
+  after it both schedules stay at `end_lr`); `steps_per_epoch` is needed by
+  'timm_epoch_cosine' only.
+  """
+  name = cfg.get('schedule', 'warmup_cosine')
+  if name == 'warmup_cosine':
+    return _warmup_cosine(cfg, total_steps, warmup_steps)
+  if name == 'timm_epoch_cosine':
+    return timm_epoch_cosine(cfg, total_steps, warmup_steps, steps_per_epoch)
+  raise ValueError(f'config.optim.schedule={name!r}: use one of {", ".join(SCHEDULES)}')
+
+
+def _warmup_cosine(cfg, total_steps: int, warmup_steps: int) -> optax.Schedule:
+  """Per step: linear warm-up from `warmup_init_lr` to `lr`, then cosine decay to `end_lr`."""
   warmup_steps = min(warmup_steps, max(total_steps - 1, 0))
   return optax.warmup_cosine_decay_schedule(
     init_value=cfg.warmup_init_lr,
@@ -27,6 +50,54 @@ def schedule(cfg: ml_collections.ConfigDict, total_steps: int, warmup_steps: int
     decay_steps=max(total_steps, warmup_steps + 1),
     end_value=cfg.end_lr,
   )
+
+
+def timm_epoch_lr(
+  epoch: int, *, lr: float, lr_min: float, t_initial: float, warmup_t: float, warmup_lr_init: float
+) -> float:
+  """The lr of one epoch under timm's CosineLRScheduler as the reference ran it.
+
+  timm (0.6.5 and 1.0.x alike) `_get_lr(t)` with warmup_prefix=False, k_decay=1,
+  cycle_limit=1 and no noise: the cosine runs from epoch 0 with the warm-up inside
+  it, so the warm-up ends below the peak (epoch 10 of 100: 0.976 lr), and after
+  `t_initial` epochs (timm's cooldown) the lr is `lr_min`.
+  """
+  if epoch < warmup_t:
+    return warmup_lr_init + epoch * (lr - warmup_lr_init) / warmup_t
+  if epoch >= t_initial:  # timm: cycle i = t // t_initial >= cycle_limit 1
+    return lr_min
+  return lr_min + 0.5 * (lr - lr_min) * (1 + math.cos(math.pi * epoch / t_initial))
+
+
+def timm_epoch_cosine(
+  cfg, total_steps: int, warmup_steps: int, steps_per_epoch: int
+) -> optax.Schedule:
+  """The reference's schedule (train_gps.py on timm's `create_scheduler`): the lr is set
+  once per epoch, epoch = step // steps_per_epoch, by `timm_epoch_lr` with
+  t_initial = total_steps / steps_per_epoch epochs and warmup_t = warmup_steps /
+  steps_per_epoch.
+
+  The per-epoch values are computed here in float64, as timm computes them in
+  Python, and looked up by epoch; the last entry (`end_lr`) holds for every later
+  step, i.e. through the cooldown.
+  """
+  if steps_per_epoch <= 0:
+    raise ValueError(
+      "config.optim.schedule='timm_epoch_cosine' sets the lr per epoch: it needs the "
+      f'number of steps per epoch, got {steps_per_epoch}'
+    )
+  t_initial = max(total_steps, 1) / steps_per_epoch
+  warmup_t = warmup_steps / steps_per_epoch
+  timm = {'lr': cfg.lr, 'lr_min': cfg.end_lr, 'warmup_lr_init': cfg.warmup_init_lr}
+  epochs = range(math.ceil(t_initial) + 1)
+  lrs = [timm_epoch_lr(t, t_initial=t_initial, warmup_t=warmup_t, **timm) for t in epochs]
+  table = np.asarray(lrs, np.float32)
+
+  def lr_fn(step):
+    epoch = jnp.minimum(jnp.asarray(step) // steps_per_epoch, len(table) - 1)
+    return jnp.asarray(table)[epoch]
+
+  return lr_fn
 
 
 def optimizer(cfg: ml_collections.ConfigDict, lr: optax.Schedule) -> optax.GradientTransformation:

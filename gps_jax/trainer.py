@@ -56,6 +56,7 @@ class MaskedFinetuner:
     num_classes: int,
     total_steps: int,
     warmup_steps: int = 0,
+    steps_per_epoch: int = 0,  # for config.optim.schedule='timm_epoch_cosine' (lr per epoch)
     mode: str = 'sparse',
     mesh: Mesh | None = None,
     update: Any = None,
@@ -76,7 +77,7 @@ class MaskedFinetuner:
     self.ema_decay = train.ema_decay
     if not 0.0 <= self.ema_decay < 1.0:
       raise ValueError(f'config.train.ema_decay={self.ema_decay}: use 0 (off) or a value in (0, 1)')
-    self.lr_fn = optim.schedule(config.optim, total_steps, warmup_steps)
+    self.lr_fn = optim.schedule(config.optim, total_steps, warmup_steps, steps_per_epoch)
     self.tx = self.update.optimizer(optim.optimizer(config.optim, self.lr_fn))
     self.mesh = mesh
     self._jit_steps(roles)

@@ -17,8 +17,8 @@ timm layouts are converted (ViT: the stacked ``qkv`` into query/key/value
 kernels of shape (D, heads, head_dim), ``proj`` into the (heads, head_dim, D)
 out kernel; conv OIHW to HWIO; Linear weights transposed), position embeddings
 and relative-position tables are resized for another image or window size, a
-head of another class count is dropped (the model's fresh zero head stays: a
-new task gets a new head), and every missing, unexpected or mis-shaped key is
+head of another class count is dropped (the model's fresh head stays, as its
+head_init draws it: a new task gets a new head), and every missing, unexpected or mis-shaped key is
 named in one ValueError. The family's entry in the registry says how its files are
 named and adapted; :func:`gps_jax.models.fitting.fit_params` is the one strict fit.
 """

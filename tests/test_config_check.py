@@ -24,6 +24,14 @@ def test_defaults_are_valid(tmp_path):
   weights.write_bytes(b'')
   config_check.validate(_config(**{'model.checkpoint': str(weights), 'train.steps': 5}))
   config_check.validate(_config(**{'train.steps': 5, 'train.epochs': 0}))  # steps win
+  # The reference's recipe: timm's per-epoch schedule, 10 cooldown epochs, timm's head.
+  config_check.validate(
+    _config(**{
+      'optim.schedule': 'timm_epoch_cosine', 'train.cooldown_epochs': 10,
+      'model.head_init': 'trunc_normal',
+    })
+  )  # fmt: skip
+  config_check.validate(_config(**{'train.cooldown_epochs': 0}))  # 0 = no cooldown
 
 
 BAD = [
@@ -44,6 +52,9 @@ BAD = [
   ('gps.score', 'nope', "config.gps.score='nope'"),
   ('train.update_mode', 'nope', "config.train.update_mode='nope'"),
   ('optim.name', 'nope', "config.optim.name='nope'"),
+  ('optim.schedule', 'cosine', "config.optim.schedule='cosine': use one of warmup_cosine, timm"),
+  ('train.cooldown_epochs', -1, 'config.train.cooldown_epochs=-1: must be a number >= 0'),
+  ('model.head_init', 'normal', "config.model.head_init='normal': use one of zeros, trunc_normal"),
   ('data.source', 'nope', "config.data.source='nope'"),
   ('data.recipe', 'nope', "config.data.recipe='nope'"),
   ('model.checkpoint', '/no/such/file.npz', "config.model.checkpoint='/no/such/file.npz'"),
@@ -58,6 +69,8 @@ BAD = [
     'config.optim.weight_decay_rules[0] multiplier=-1.0: must be a number >= 0',
   ),
   ('optim.weight_decay_rules', (('.*',),), 'config.optim.weight_decay_rules[0]=(\'.*\',): want'),
+  ('data.train_interpolation', 'nearest', "config.data.train_interpolation='nearest'"),
+  ('data.eval_interpolation', 'random', "config.data.eval_interpolation='random'"),
 ]
 
 

@@ -178,3 +178,87 @@ def test_jitted_update_with_rules():
   for p in params:
     np.testing.assert_allclose(updates[p], eager[p], rtol=1e-6, err_msg=p)
   assert jnp.asarray(updates['enc/dense/bias']).dtype == jnp.float32
+
+
+# ---------------------------------------------------------------- lr schedules
+
+PEAK, WARMUP_LR, MIN_LR = 3e-3, 1e-7, 1e-8  # the reference's --lr (cub), --warmup-lr, --min-lr
+
+
+def _schedule_cfg(name):
+  c = experiment_config().optim
+  c.lr, c.warmup_init_lr, c.end_lr, c.schedule = PEAK, WARMUP_LR, MIN_LR, name
+  return c
+
+
+def _timm_epoch_lrs(epochs, warmup, cooldown):
+  """The lr of every epoch as train_gps.py on timm ran it: timm's CosineLRScheduler with
+  create_scheduler's arguments (cycle_limit 1, no noise, k_decay 1, no warm-up prefix),
+  the lr read during each epoch and `step(epoch + 1)` at its end."""
+  torch = pytest.importorskip('torch')
+  scheduler = pytest.importorskip('timm.scheduler')
+  opt = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=PEAK)
+  sched = scheduler.CosineLRScheduler(
+    opt, t_initial=epochs, lr_min=MIN_LR, warmup_t=warmup, warmup_lr_init=WARMUP_LR,
+    cycle_mul=1.0, cycle_decay=0.5, cycle_limit=1, k_decay=1.0, noise_range_t=None,
+    t_in_epochs=True,
+  )  # fmt: skip
+  num_epochs = sched.get_cycle_length() + cooldown  # create_scheduler's count
+  lrs = []
+  for epoch in range(num_epochs):
+    lrs.append(opt.param_groups[0]['lr'])
+    sched.step_update(num_updates=(epoch + 1) * 3)  # a no-op for t_in_epochs=True
+    sched.step(epoch + 1)
+  return np.array(lrs)
+
+
+@pytest.mark.parametrize(
+  'epochs,warmup,cooldown,steps_per_epoch',
+  [(100, 10, 10, 7), (100, 10, 10, 1), (30, 3, 5, 4), (20, 0, 2, 3)],
+)
+def test_timm_epoch_cosine_matches_timms_scheduler(epochs, warmup, cooldown, steps_per_epoch):
+  want = _timm_epoch_lrs(epochs, warmup, cooldown)
+  assert len(want) == epochs + cooldown  # the reference trains the cooldown epochs too
+  lr = optim.schedule(
+    _schedule_cfg('timm_epoch_cosine'), total_steps=epochs * steps_per_epoch,
+    warmup_steps=warmup * steps_per_epoch, steps_per_epoch=steps_per_epoch,
+  )  # fmt: skip
+  # Every step of an epoch has that epoch's lr, through the cooldown epochs at MIN_LR.
+  steps = np.arange((epochs + cooldown) * steps_per_epoch)
+  got = np.asarray(lr(steps))
+  np.testing.assert_allclose(got, np.repeat(want, steps_per_epoch), rtol=1e-6, atol=0)
+  assert np.all(got[epochs * steps_per_epoch :] == np.float32(MIN_LR))
+  assert float(jax.jit(lr)(jnp.int32(10**6))) == np.float32(MIN_LR)  # long after the end
+  # One lr per epoch: as the optimizer's count (an int32 array) under jit.
+  k = min(warmup, epochs - 1) * steps_per_epoch + steps_per_epoch - 1
+  assert float(jax.jit(lr)(jnp.int32(k))) == got[k]
+
+
+def test_the_two_schedules_at_the_issue_epochs():
+  # 100 epochs, 10 of warm-up: timm's per-epoch cosine from epoch 0 against the per-step
+  # cosine after the warm-up, at the start of epochs 10 / 50 / 90.
+  spe = 50
+  timm_lr = optim.schedule(_schedule_cfg('timm_epoch_cosine'), 100 * spe, 10 * spe, spe)
+  step_lr = optim.schedule(_schedule_cfg('warmup_cosine'), 100 * spe, 10 * spe)
+  at = np.array([10, 50, 90]) * spe
+  np.testing.assert_allclose(np.asarray(timm_lr(at)) / PEAK, [0.976, 0.500, 0.024], atol=6e-4)
+  np.testing.assert_allclose(np.asarray(step_lr(at)) / PEAK, [1.000, 0.587, 0.030], atol=6e-4)
+
+
+def test_default_schedule_is_optax_warmup_cosine_bit_for_bit():
+  # The demo and every non-paper config keep this schedule: the same numbers as before.
+  c = experiment_config().optim
+  assert c.schedule == 'warmup_cosine'
+  c.lr = PEAK
+  lr = optim.schedule(c, total_steps=40, warmup_steps=8, steps_per_epoch=4)
+  want = optax.warmup_cosine_decay_schedule(c.warmup_init_lr, PEAK, 8, 40, c.end_lr)
+  steps = jnp.arange(60)  # past total_steps: the cooldown at end_lr
+  np.testing.assert_array_equal(np.asarray(lr(steps)), np.asarray(want(steps)))
+  assert float(lr(55)) == np.float32(c.end_lr)
+
+
+def test_schedule_errors():
+  with pytest.raises(ValueError, match='steps per epoch'):
+    optim.schedule(_schedule_cfg('timm_epoch_cosine'), 100, 10)
+  with pytest.raises(ValueError, match="config.optim.schedule='step'"):
+    optim.schedule(_schedule_cfg('step'), 100, 10)

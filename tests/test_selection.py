@@ -281,3 +281,23 @@ def test_accumulate_scores_empty_pass_raises(tiny):
   model, flat, roles = tiny
   with pytest.raises(ValueError, match='no batch'):
     selection.accumulate_scores(model.apply, flat, roles, iter([]), jax.random.PRNGKey(0))
+
+
+def test_scores_stay_float32_under_bfloat16_compute(tiny):
+  """The selection scores are float32 sums whatever the model's compute dtype (the original's
+  float16 autocast could underflow them): with a bfloat16 forward/backward the scores are
+  float32 and pick nearly the entries of the float32 pass."""
+  _, flat, roles = tiny
+  params = {p: jnp.asarray(v) for p, v in flat.items()}
+  batches = make_batches(2, 4, seed=5)
+  rng = jax.random.PRNGKey(3)
+  picked = {}
+  for dtype in (jnp.float32, jnp.bfloat16):
+    model = ViT(**TINY, drop_path_rate=0.3, dtype=dtype)
+    scores, _ = selection.accumulate_scores(model.apply, params, roles, iter(batches), rng)
+    assert all(s.dtype == jnp.float32 for s in scores.values())
+    picked[dtype] = selection.select_neuron_indices(scores, 1, roles)
+  same = sum(int((picked[jnp.float32][p] == picked[jnp.bfloat16][p]).sum()) for p in picked[jnp.float32])
+  total = sum(int(v.size) for v in picked[jnp.float32].values())
+  print(f'bfloat16 compute keeps {same} of {total} top-1 entries')
+  assert same / total > 0.8, f'{same} of {total} top-1 entries kept under bfloat16'

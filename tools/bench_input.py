@@ -95,7 +95,12 @@ def main(argv):
     num_classes = split.num_classes
     size, mean, std = config.model.image_size, tuple(config.model.mean), tuple(config.model.std)
     train_fn, _ = pipeline.recipe_image_fns(
-      data.recipe, size, mean, std, resize_size=data.get('resize_size') or None
+      data.recipe,
+      size,
+      mean,
+      std,
+      resize_size=data.get('resize_size') or None,
+      train_interpolation=data.get('train_interpolation', 'bilinear'),
     )
     batches = pipeline.train_batches(split, batch_size=bs, image_fn=train_fn, seed=0)
     input_rate = _rate(functools.partial(next, batches), FLAGS.batches, FLAGS.warmup, bs)

@@ -4,7 +4,7 @@ The recipe (reference README section 2) is timm's ImageNet-style pipeline at 224
 
 * train (per image, ``tf.data``, stateless): ``RandomResizedCrop(224, scale=(0.08, 1),
   ratio=(3/4, 4/3))`` + ``RandomHorizontalFlip(0.5)`` -> :func:`fgvc_train_image`;
-* eval (per image): resize the shorter side to 248 (aspect kept, bilinear), centre crop
+* eval (per image): resize the shorter side to 248 (aspect kept), centre crop
   224 -> :func:`fgvc_eval_image` (timm's eval transform with ``crop_pct = 224 / 248``);
 * train (per batch, on device): timm ``Mixup(mixup_alpha=0.8, cutmix_alpha=1.0,
   switch_prob=0.5, prob=1.0, mode='batch', correct_lam=True, label_smoothing=0.1)``
@@ -19,17 +19,21 @@ Differences from torchvision/timm:
 
 * The random resized crop is :func:`gps_jax.data.augment.random_resized_crop`
   (``tf.image.stateless_sample_distorted_bounding_box``; when no valid box is found in
-  10 attempts the whole image is used, torchvision uses a central crop) and it resizes
-  without antialiasing (torchvision on PIL images antialiases when shrinking).
-* The eval resize antialiases when shrinking (like PIL / torchvision), but uses TF's
-  triangle kernel rather than PIL's, so values differ slightly from torchvision's.
+  10 attempts the whole image is used, torchvision uses a central crop).
+* Interpolation is a choice (:func:`gps_jax.data.augment.resize`). The original (timm
+  0.6.5 with the ViT config) crops with 'random' (bilinear or bicubic per image) and
+  evaluates with 'bicubic'; configs/fgvc.py sets those. Our 'bicubic' is PIL's kernel
+  (antialiased when shrinking) up to float rounding. Our 'bilinear' (the default) crops
+  without antialiasing (PIL antialiases when shrinking) and evaluates with TF's
+  antialiased triangle kernel, so it differs slightly from PIL's bilinear.
 """
 
 from __future__ import annotations
 
 import tensorflow as tf
 
-from gps_jax.data.augment import random_resized_crop  # Also hides GPUs from TF.
+# Also hides GPUs from TF.
+from gps_jax.data.augment import check_interpolation, random_resized_crop, resize
 
 
 def _to_unit_float(resized: tf.Tensor, input_dtype: tf.DType) -> tf.Tensor:
@@ -40,13 +44,16 @@ def _to_unit_float(resized: tf.Tensor, input_dtype: tf.DType) -> tf.Tensor:
   return tf.clip_by_value(resized, 0.0, 1.0)
 
 
-def fgvc_train_image(image: tf.Tensor, seed: tf.Tensor, image_size: int = 224) -> tf.Tensor:
+def fgvc_train_image(
+  image: tf.Tensor, seed: tf.Tensor, image_size: int = 224, interpolation: str = 'bilinear'
+) -> tf.Tensor:
   """Random resized crop + horizontal flip (p = 0.5), deterministic in ``seed``.
 
   Args:
     image: (H, W, 3) RGB, uint8 in [0, 255] (or float in [0, 1]).
     seed: int32/int64 tensor of shape (2,); the output depends only on (image, seed).
     image_size: output side S.
+    interpolation: 'bilinear' | 'bicubic' | 'random' (per image, from ``seed``).
 
   Returns:
     float32 (S, S, 3) in [0, 1], not yet normalised.
@@ -54,14 +61,16 @@ def fgvc_train_image(image: tf.Tensor, seed: tf.Tensor, image_size: int = 224) -
   image = tf.convert_to_tensor(image)
   seeds = tf.random.experimental.stateless_split(seed, 2)
   # Crop the raw image (cheap slice) and let the resize produce float32.
-  crop = random_resized_crop(image, seeds[0], image_size)
+  crop = random_resized_crop(image, seeds[0], image_size, interpolation)
   crop = _to_unit_float(crop, image.dtype)
   crop = tf.image.stateless_random_flip_left_right(crop, seeds[1])
   return tf.ensure_shape(crop, (image_size, image_size, 3))
 
 
-def fgvc_eval_image(image: tf.Tensor, image_size: int = 224, resize_size: int = 248) -> tf.Tensor:
-  """Shorter side -> ``resize_size`` (aspect kept, bilinear), then centre crop ``image_size``.
+def fgvc_eval_image(
+  image: tf.Tensor, image_size: int = 224, resize_size: int = 248, interpolation: str = 'bilinear'
+) -> tf.Tensor:
+  """Shorter side -> ``resize_size`` (aspect kept), then centre crop ``image_size``.
 
   This is torchvision's ``Resize(resize_size)`` + ``CenterCrop(image_size)`` (timm's eval
   transform with ``crop_pct = image_size / resize_size``): the longer side becomes
@@ -72,12 +81,15 @@ def fgvc_eval_image(image: tf.Tensor, image_size: int = 224, resize_size: int = 
     image: (H, W, 3) RGB, uint8 in [0, 255] (or float in [0, 1]).
     image_size: output side S (must not exceed ``resize_size``).
     resize_size: length of the shorter side after the resize.
+    interpolation: 'bilinear' (TF's antialiased triangle kernel) or 'bicubic' (PIL's);
+      no 'random': evaluation has no seed.
 
   Returns:
     float32 (S, S, 3) in [0, 1], not yet normalised.
   """
   if image_size > resize_size:
     raise ValueError(f'fgvc_eval_image: image_size {image_size} > resize_size {resize_size}')
+  check_interpolation(interpolation, allow_random=False, key='fgvc_eval_image: interpolation')
   image = tf.convert_to_tensor(image)
   shape = tf.shape(image)
   h = tf.cast(shape[0], tf.float64)
@@ -87,7 +99,7 @@ def fgvc_eval_image(image: tf.Tensor, image_size: int = 224, resize_size: int = 
   new_h = tf.where(h <= w, size, tf.floor(size * h / short))
   new_w = tf.where(h <= w, tf.floor(size * w / short), size)
   new_hw = tf.cast(tf.stack([new_h, new_w]), tf.int32)
-  resized = tf.image.resize(image, new_hw, method='bilinear', antialias=True)
+  resized = resize(image, new_hw, interpolation, bilinear_antialias=True)
   offsets = tf.cast(tf.round(tf.cast(new_hw - image_size, tf.float64) / 2.0), tf.int32)
   crop = tf.slice(resized, tf.concat([offsets, [0]], 0), [image_size, image_size, 3])
   crop = _to_unit_float(crop, image.dtype)

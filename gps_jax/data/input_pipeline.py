@@ -30,7 +30,10 @@ Image functions map a uint8 (H, W, 3) image to normalised float32 (S, S, 3):
 ``recipe_image_fns(recipe, ...)`` gives the train and eval functions of a
 recipe: ``'resize'`` (VTAB-1k and the demo: resize to S, no augmentation) or
 ``'fgvc'`` (random resized crop + flip for train, resize 248 + centre crop S
-for eval).
+for eval). Each resize's interpolation is a choice (``train_interpolation``,
+``eval_interpolation``, and ``interpolation`` of the SupCon views): 'bilinear'
+(default), 'bicubic' (PIL's) or, with a seed, 'random' (bilinear or bicubic per
+image, drawn from the image's augmentation seed, so determinism and resuming hold).
 """
 
 from __future__ import annotations
@@ -41,7 +44,7 @@ from collections.abc import Callable, Iterator, Sequence
 import numpy as np
 import tensorflow as tf
 
-from gps_jax.data.augment import hide_gpus_from_tf, supcon_augment
+from gps_jax.data.augment import check_interpolation, hide_gpus_from_tf, supcon_augment
 from gps_jax.data.fgvc_augment import fgvc_eval_image, fgvc_train_image
 from gps_jax.data.pipeline import preprocess
 from gps_jax.data.splits import Split
@@ -71,25 +74,33 @@ def recipe_image_fns(
   std: Sequence[float],
   *,
   resize_size: int | None = None,
+  train_interpolation: str = 'bilinear',
+  eval_interpolation: str = 'bilinear',
 ) -> tuple[TrainImageFn, EvalImageFn]:
-  """(train_fn(image, seed), eval_fn(image)) of a recipe; see the module docstring."""
+  """(train_fn(image, seed), eval_fn(image)) of a recipe; see the module docstring.
+
+  ``train_interpolation`` ('bilinear' | 'bicubic' | 'random', drawn per image from
+  the train seed) and ``eval_interpolation`` ('bilinear' | 'bicubic') choose the
+  resizes (config.data.train_interpolation / eval_interpolation).
+  """
+  check_interpolation(train_interpolation, key='data.train_interpolation')
+  check_interpolation(eval_interpolation, allow_random=False, key='data.eval_interpolation')
   if recipe == 'resize':
 
     def train_fn(image, seed):
-      del seed
-      return preprocess(image, image_size, mean, std)
+      return preprocess(image, image_size, mean, std, train_interpolation, seed)
 
     def eval_fn(image):
-      return preprocess(image, image_size, mean, std)
+      return preprocess(image, image_size, mean, std, eval_interpolation)
 
   elif recipe == 'fgvc':
     resize = resize_size or round(image_size / 0.9)  # 248 for 224 (timm crop_pct 0.9).
 
     def train_fn(image, seed):
-      return _normalise(fgvc_train_image(image, seed, image_size), mean, std)
+      return _normalise(fgvc_train_image(image, seed, image_size, train_interpolation), mean, std)
 
     def eval_fn(image):
-      return _normalise(fgvc_eval_image(image, image_size, resize), mean, std)
+      return _normalise(fgvc_eval_image(image, image_size, resize, eval_interpolation), mean, std)
 
   else:
     raise ValueError(f'config.data.recipe={recipe!r}: use one of {", ".join(RECIPES)}')
@@ -263,8 +274,12 @@ def two_view_batches(
   seed: int,
   process_index: int = 0,
   process_count: int = 1,
+  interpolation: str = 'bilinear',
 ) -> Iterator[Batch]:
   """One shuffled pass of SupCon pairs {'image': (2b, S, S, 3), 'label': (b,)}.
+
+  ``interpolation`` is the views' crop resize (config.data.select_interpolation):
+  'bilinear' | 'bicubic' | 'random' (drawn per view from the view's seed).
 
   Rows [0, b) are the first views of this process's b images and rows [b, 2b)
   the second views in the same order (view-major, as
@@ -272,6 +287,7 @@ def two_view_batches(
   the score step unfolds. The last incomplete global batch is dropped (drop_last,
   as in the original).
   """
+  check_interpolation(interpolation, key='data.select_interpolation')
   local = local_batch_size(batch_size, process_count)
   _check_process(process_index, process_count)
   steps = steps_per_epoch(split.num_examples, batch_size, process_count)
@@ -289,7 +305,9 @@ def two_view_batches(
     image = tf.cast(split.decode(ex['image']), tf.float32) / 255.0
     example_seed = _seed_pair(seed, 3, _GLOBAL, p)
     fold_in = tf.random.experimental.stateless_fold_in
-    pair = [supcon_augment(image, fold_in(example_seed, v), image_size) for v in (0, 1)]
+    pair = [
+      supcon_augment(image, fold_in(example_seed, v), image_size, interpolation) for v in (0, 1)
+    ]
     return _normalise(tf.stack(pair), mean, std), tf.cast(ex['label'], tf.int32)
 
   def view_major(pairs, label):  # (b, 2, S, S, 3) -> (2b, S, S, 3)

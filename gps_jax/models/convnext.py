@@ -133,6 +133,7 @@ class ConvNeXtStage(nn.Module):
   downsample: bool
   layer_scale_init: Optional[float] = 1e-6
   dtype: Any = jnp.float32
+  head_init: str = 'zeros'  # the new head's kernel init: zeros | trunc_normal
 
   @nn.compact
   def __call__(self, x, *, deterministic: bool):
@@ -165,6 +166,7 @@ class ConvNeXt(nn.Module):
   drop_path_rate: float = 0.0
   layer_scale_init: Optional[float] = 1e-6
   dtype: Any = jnp.float32
+  head_init: str = 'zeros'  # the new head's kernel init: zeros | trunc_normal
 
   @nn.compact
   def __call__(self, images, *, train: bool):
@@ -193,7 +195,7 @@ class ConvNeXt(nn.Module):
       )(x, deterministic=not train)
     x = jnp.mean(x, axis=(1, 2))
     features = layer_norm('final_norm', LN_EPSILON, self.dtype)(x)
-    return task_head(features, self.num_classes, self.dtype), features
+    return task_head(features, self.num_classes, self.dtype, self.head_init), features
 
 
 _CONVNEXT_FIELDS = (
@@ -204,6 +206,7 @@ _CONVNEXT_FIELDS = (
   'drop_path_rate',
   'layer_scale_init',
   'dtype',
+  'head_init',
 )
 
 
@@ -222,8 +225,9 @@ def convnext_config(
   variant, every ConvNeXt field and the ImageNet mean/std of timm's checkpoints;
   ``overrides`` replace any of them (an unknown key is an error)."""
   defaults = dict(
-    drop_path_rate=0.0, layer_scale_init=1e-6, dtype='float32', mean=IMAGENET_MEAN, std=IMAGENET_STD
-  )
+    drop_path_rate=0.0, layer_scale_init=1e-6, dtype='float32', head_init='zeros',
+    mean=IMAGENET_MEAN, std=IMAGENET_STD,
+  )  # fmt: skip
   return named_config(
     'convnext', variant, _variant_fields, defaults, overrides, label='ConvNeXt',
     num_classes=num_classes, image_size=image_size,

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 import ml_collections
 
@@ -65,11 +66,49 @@ def module_fields(
   return fields
 
 
-def task_head(features, num_classes: int, dtype):
-  """The zero-initialised classifier 'head' of a backbone (call inside its compact
-  ``__call__``), or None when num_classes is 0."""
+# The kernel inits of a new task head (``head_init``, config.model.head_init); the bias
+# starts at zero in both, as in timm's ``init_weights_vit_timm`` / Swin / ConvNeXt
+# ``_init_weights`` for a Linear.
+HEAD_INITS = ('zeros', 'trunc_normal')
+TIMM_HEAD_STD = 0.02
+
+
+def timm_trunc_normal(std: float = TIMM_HEAD_STD, a: float = -2.0, b: float = 2.0):
+  """timm's ``trunc_normal_(w, std=std)`` as it really acts: N(0, std^2) clamped to
+  [a, b] (absolute bounds, timm's defaults -2 / 2).
+
+  At std 0.02 the bounds are 100 standard deviations out, so nothing is truncated:
+  the draw is a plain normal with standard deviation ``std``. flax's
+  ``truncated_normal(stddev)`` is another distribution (cut at 2 std and rescaled,
+  |w| < 0.046 at 0.02), hence this initialiser. timm samples the normal by inverse
+  CDF of a uniform and clamps; jax.random.normal is the same transform on the open
+  interval, so the clamp here only mirrors timm's for bounds that could bind.
+  """
+
+  def init(key, shape, dtype=jnp.float32):
+    w = std * jax.random.normal(key, shape, jnp.float32)
+    return jnp.clip(w, a, b).astype(dtype)
+
+  return init
+
+
+def head_kernel_init(head_init: str):
+  """The kernel initialiser named by ``head_init`` (one of HEAD_INITS)."""
+  if head_init == 'zeros':
+    return nn.initializers.zeros
+  if head_init == 'trunc_normal':
+    return timm_trunc_normal()
+  raise ValueError(f'head_init={head_init!r}: use one of {", ".join(HEAD_INITS)}')
+
+
+def task_head(features, num_classes: int, dtype, head_init: str = 'zeros'):
+  """The classifier 'head' of a backbone (call inside its compact ``__call__``), or
+  None when num_classes is 0. Its kernel starts as ``head_init`` says (zeros: the
+  demo's; trunc_normal: the reference's timm head) and its bias at zero; the draw
+  uses the 'params' rng of the model's init, i.e. the run's init rng."""
   if not num_classes:
     return None
-  return nn.Dense(num_classes, dtype=dtype, kernel_init=nn.initializers.zeros, name='head')(
-    features
-  )
+  return nn.Dense(
+    num_classes, dtype=dtype, kernel_init=head_kernel_init(head_init),
+    bias_init=nn.initializers.zeros, name='head',
+  )(features)  # fmt: skip

@@ -21,7 +21,7 @@ Parameter layout (``'/'``-joined paths; every submodule is named explicitly)::
     layers_{i}/blocks_{j}/norm2/{scale,bias}
     layers_{i}/blocks_{j}/mlp/{fc1,fc2}/{kernel,bias}
     norm/{scale,bias}                             final LayerNorm
-    head/{kernel,bias}                            only when num_classes > 0 (zero-initialised)
+    head/{kernel,bias}                            only when num_classes > 0 (head_init)
 
 :func:`gps_jax.models.swin_timm.swin_params_from_timm` converts a timm state dict (NumPy arrays)
 into this layout.
@@ -291,6 +291,7 @@ class SwinTransformer(nn.Module):
   mlp_ratio: float = 4.0
   drop_path_rate: float = 0.0
   dtype: Any = jnp.float32
+  head_init: str = 'zeros'  # the new head's kernel init: zeros | trunc_normal
 
   @property
   def num_features(self) -> int:
@@ -328,7 +329,7 @@ class SwinTransformer(nn.Module):
       )(x, deterministic=not train)
     x = layer_norm('norm', LN_EPSILON, self.dtype)(x)
     features = jnp.mean(x, axis=(1, 2))
-    return task_head(features, self.num_classes, self.dtype), features
+    return task_head(features, self.num_classes, self.dtype, self.head_init), features
 
 
 # ----------------------------------------------------------------------------------------------
@@ -345,6 +346,7 @@ _SWIN_FIELDS = (
   'mlp_ratio',
   'drop_path_rate',
   'dtype',
+  'head_init',
 )
 
 
@@ -366,6 +368,7 @@ def swin_config(
     mlp_ratio=4.0,
     drop_path_rate=0.0,
     dtype='float32',
+    head_init='zeros',
     mean=IMAGENET_MEAN,
     std=IMAGENET_STD,
   )

@@ -171,6 +171,7 @@ class ViT(nn.Module):
   attention_dropout_rate: float = 0.0
   drop_path_rate: float = 0.0
   dtype: Any = jnp.float32
+  head_init: str = 'zeros'  # the new head's kernel init: zeros | trunc_normal
 
   @nn.compact
   def __call__(self, images, *, train: bool):
@@ -207,7 +208,7 @@ class ViT(nn.Module):
     if self.representation_size is not None:
       x = jnp.tanh(nn.Dense(self.representation_size, dtype=self.dtype, name='pre_logits')(x))
     features = x
-    return task_head(features, self.num_classes, self.dtype), features
+    return task_head(features, self.num_classes, self.dtype, self.head_init), features
 
 
 _VIT_FIELDS = (
@@ -223,6 +224,7 @@ _VIT_FIELDS = (
   'attention_dropout_rate',
   'drop_path_rate',
   'dtype',
+  'head_init',
 )
 
 
@@ -238,6 +240,7 @@ def vit_config(
     attention_dropout_rate=0.0,
     drop_path_rate=0.0,
     dtype='float32',
+    head_init='zeros',
     mean=INCEPTION_MEAN,
     std=INCEPTION_STD,
   )

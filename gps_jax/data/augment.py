@@ -110,14 +110,9 @@ def _gray(image: tf.Tensor) -> tf.Tensor:
   return tf.image.rgb_to_grayscale(image)
 
 
-def random_resized_crop(
-  image: tf.Tensor, seed: tf.Tensor, image_size: int, interpolation: str = 'bilinear'
-) -> tf.Tensor:
-  """Crops a random box of area 8-100 % and aspect 3/4-4/3, resized to a square.
-
-  The box depends only on ``seed``; ``interpolation`` (see :func:`resize`, 'random'
-  drawn from the same seed) changes only how the box is resized.
-  """
+def crop_box(image: tf.Tensor, seed: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+  """(begin, size) of the random resized crop's box for ``seed``: area 8-100 %, aspect
+  3/4-4/3, the whole image when 10 attempts find none."""
   begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
     tf.shape(image),
     bounding_boxes=tf.constant([[[0.0, 0.0, 1.0, 1.0]]]),
@@ -128,6 +123,18 @@ def random_resized_crop(
     max_attempts=10,
     use_image_if_no_bounding_boxes=True,
   )
+  return begin, size
+
+
+def random_resized_crop(
+  image: tf.Tensor, seed: tf.Tensor, image_size: int, interpolation: str = 'bilinear'
+) -> tf.Tensor:
+  """Crops a random box of area 8-100 % and aspect 3/4-4/3, resized to a square.
+
+  The box depends only on ``seed``; ``interpolation`` (see :func:`resize`, 'random'
+  drawn from the same seed) changes only how the box is resized.
+  """
+  begin, size = crop_box(image, seed)
   crop = tf.slice(image, begin, size)
   return resize(crop, (image_size, image_size), interpolation, seed=seed)
 

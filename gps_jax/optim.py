@@ -32,7 +32,7 @@ def schedule(
   after it both schedules stay at `end_lr`); `steps_per_epoch` is needed by
   'timm_epoch_cosine' only.
   """
-  name = cfg.get('schedule', 'warmup_cosine')
+  name = cfg.schedule
   if name == 'warmup_cosine':
     return _warmup_cosine(cfg, total_steps, warmup_steps)
   if name == 'timm_epoch_cosine':

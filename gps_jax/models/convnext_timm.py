@@ -54,8 +54,8 @@ def convnext_params_from_timm(
   The classifier ``head.fc.*`` is the one exception to strict loading: when the model has
   num_classes == 0, or the checkpoint's head does not fit the model (another class count,
   or only one of weight/bias), or the checkpoint has no head, the checkpoint's head is
-  dropped and the model gets a fresh zero head (zero kernel and bias, the model's own
-  init, taken from ``init`` when given) -- a new task gets a new head. Everything else
+  dropped and the model gets its fresh head (its own init, `model.head_init`: zeros by
+  default; taken from ``init`` when given) -- a new task gets a new head. Everything else
   must match exactly: every missing, unexpected, mis-shaped or non-float key is named in
   one ValueError (``source`` names the file).
 

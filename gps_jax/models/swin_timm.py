@@ -140,7 +140,7 @@ def swin_params_from_timm(
   another window is resized with :func:`resize_relative_position_table` (as timm's
   ``checkpoint_filter_fn``). A ``head.fc`` of another shape, or any head when
   ``num_classes == 0``, is dropped; a head absent from the checkpoint or dropped is replaced
-  by the model's fresh zero head (from ``init``, the model's params, when given). Every
+  by the model's fresh head (its own init, `model.head_init`; from ``init`` when given). Every
   other missing, unexpected or mis-shaped key is reported by name in one ValueError
   (``source`` names the file).
   """

@@ -15,3 +15,6 @@ try:
   import triton  # noqa: F401
 except ImportError:  # a CPU-only torch, or no torch: nothing to order
   pass
+
+# The `env` fixture of the delta tests (a tiny ViT base on disk), shared by two modules.
+pytest_plugins = ('delta_env',)

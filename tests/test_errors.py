@@ -1,16 +1,13 @@
 """User errors become one ``error:`` line and exit status 1; bugs keep their traceback."""
 
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
+from cli_run import run_module
 
 from gps_jax import errors
 from gps_jax import methods
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _raised(fn):
@@ -59,15 +56,8 @@ def test_run_prints_one_line_or_reraises(capsys, monkeypatch):
 
 
 def _main(*args):
-  return subprocess.run(
-    [sys.executable, '-m', 'gps_jax.main', *args],
-    check=False,
-    cwd=REPO,
-    capture_output=True,
-    text=True,
-    timeout=300,
-    env={k: v for k, v in os.environ.items() if k != errors.TRACEBACK_ENV},
-  )
+  env = {k: v for k, v in os.environ.items() if k != errors.TRACEBACK_ENV}
+  return run_module('gps_jax.main', *args, env=env)
 
 
 def test_main_bad_value_is_one_error_line(tmp_path):

@@ -12,7 +12,8 @@ import ml_collections
 def experiment_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.seed = 42
-  # A name of gps_jax.methods.METHODS: gps | random | magnitude | full | linear | bitfit
+  # A name of gps_jax.methods.METHODS: gps | random | magnitude | full | linear | bitfit |
+  # lora | ssf | adapter | vpt_shallow | vpt_deep (python -m gps_jax.main --help lists them)
   c.method = 'gps'
   # Ordered (regex, role) pairs on '/'-joined parameter paths; empty = the
   # method's rules in gps_jax.methods.METHODS.
@@ -89,6 +90,32 @@ def experiment_config() -> ml_collections.ConfigDict:
   c.gps.temperature = 0.07
   c.gps.score = ''  # a key of gps_jax.selection.SCORERS; empty = the method's
   c.gps.batch_size = 0  # selection batch size; 0 = data.batch_size
+  # Where the budget goes (the paper's Table 6a), always with the entry count of the
+  # neuron level: neuron (GPS: top-K inputs of every neuron) | layer (the top
+  # K * neurons entries of each tensor) | net (the top entries over all candidates).
+  c.gps.level = 'neuron'
+  # Regexes (re.search) on '/'-joined paths of `select` leaves that get no entry
+  # (Fig. 6a/b, e.g. (r'encoderblock_(0|1|2)/',)): they are frozen instead.
+  c.gps.exclude = ()
+  # The scores are saved as <workdir>/scores.npz; a workdir here reuses its scores
+  # (same backbone, roles and score source) for another K or level, without a pass.
+  c.gps.scores_from = ''
+
+  # Hyper-parameters of the other methods (used only by the method they name).
+  c.lora = ml_collections.ConfigDict()
+  c.lora.rank = 8
+  c.lora.alpha = 8.0  # the update is (alpha / rank) * A @ B
+  # Regexes on '/'-joined kernel paths; empty = the model family's query and value
+  # kernels (gps_jax.updates.LORA_TARGETS).
+  c.lora.targets = ()
+  c.ssf = ml_collections.ConfigDict()
+  # Regexes on module paths (a module = the leaves beside a 'bias'); empty = every
+  # linear, conv and norm of the backbone (gps_jax.updates.SSF_TARGETS).
+  c.ssf.targets = ()
+  c.adapter = ml_collections.ConfigDict()
+  c.adapter.dim = 8  # bottleneck width of the adapters after attention and MLP
+  c.vpt = ml_collections.ConfigDict()
+  c.vpt.tokens = 0  # prompt tokens (per layer for vpt_deep); 0 = 200 shallow, 50 deep
 
   c.train = ml_collections.ConfigDict()
   c.train.epochs = 100

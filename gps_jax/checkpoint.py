@@ -18,7 +18,9 @@ delta alone::
     "base": {"path": "/abs/base.npz" | null, "sha256": "<hex>" | null},
     "fan_in_ndim": {leaf: int},     # leading fan-in axes of every delta leaf
     "shapes": {leaf: [int, ...]},   # the base kernel shape of every delta leaf
-    "created": "2025-01-01T12:00:00+00:00"
+    "created": "2025-01-01T12:00:00+00:00",
+    "level": "neuron" | "layer" | "net",     # only with selected leaves (config.gps.level)
+    "factors": {"rule": "lora" | "ssf", ...}   # only for LoRA / SSF (gps_jax.factors)
   }
 
 ``base`` is null/null for a run from a random init: no file reproduces its base.
@@ -46,6 +48,9 @@ from gps_jax.files import write_json
 from gps_jax import sharding as shard_lib
 
 PARTS = ('indices', 'train', 'delta')
+# The optional part of a LoRA / SSF delta: the arrays that merge into the base
+# (gps_jax.factors), with the manifest's 'factors' spec saying where they go.
+FACTORS = 'factors'
 MANIFEST_FORMAT = 'gps_jax.delta/1'
 MANIFEST_SUFFIX = '.manifest.json'
 MANIFEST_KEYS = ('format', 'method', 'k', 'model', 'base', 'fan_in_ndim', 'shapes', 'created')
@@ -127,6 +132,8 @@ def _check_manifest(manifest: Mapping, where: str) -> None:
   for key in ('fan_in_ndim', 'shapes', 'model'):
     if not isinstance(manifest[key], Mapping):
       raise UserError(f'{where}: manifest {key!r} must be a JSON object')
+  if FACTORS in manifest and not isinstance(manifest[FACTORS], Mapping):
+    raise UserError(f'{where}: manifest {FACTORS!r} must be a JSON object')
   if set(manifest['fan_in_ndim']) != set(manifest['shapes']):
     raise UserError(f"{where}: manifest 'fan_in_ndim' and 'shapes' name different leaves")
 
@@ -148,8 +155,11 @@ def save_delta(
         f"save_delta: manifest 'fan_in_ndim' names {sorted(manifest['fan_in_ndim'])}, "
         f'the delta has leaves {sorted(result["delta"])}'
       )
-  host = shard_lib.to_host({part: dict(result[part]) for part in PARTS})
-  tree = {part: tree_lib.unflat(host[part]) for part in PARTS}
+  parts = PARTS + ((FACTORS,) if result.get(FACTORS) else ())
+  if manifest is not None and bool(result.get(FACTORS)) != (FACTORS in manifest):
+    raise ValueError('save_delta: factors and the manifest\'s factors spec go together')
+  host = shard_lib.to_host({part: dict(result[part]) for part in parts})
+  tree = {part: tree_lib.unflat(host[part]) for part in parts}
   primary = jax.process_index() == 0  # orbax saves collectively; one process writes the manifest
   if primary:  # never leave a manifest of the old checkpoint
     try:
@@ -173,7 +183,7 @@ def load_delta(path: str) -> dict[str, dict[str, np.ndarray]]:
   missing = [p for p in PARTS if p not in tree]
   if missing:
     raise UserError(f'{path} is not a gps_jax delta checkpoint: it lacks {missing}')
-  return {part: tree_lib.flat(tree[part]) if tree[part] else {} for part in PARTS}
+  return {part: tree_lib.flat(tree[part]) if tree[part] else {} for part in PARTS + (FACTORS,) if part in tree}
 
 
 def parse_manifest(text: str, where: str) -> dict:

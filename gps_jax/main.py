@@ -27,7 +27,7 @@ from gps_jax.methods import METHODS
 
 # --help prints this docstring: it lists the registered methods.
 __doc__ += '\nMethods (--config.method=NAME):\n' + '\n'.join(
-  f'  {name:<10} {method.doc}' for name, method in METHODS.items()
+  f'  {name:<12} {method.doc}' for name, method in METHODS.items()
 )
 
 FLAGS = flags.FLAGS

@@ -17,7 +17,7 @@ parameters, masked gradients and updates).
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional
+from typing import Callable, Optional
 
 import ml_collections
 
@@ -31,6 +31,26 @@ BITFIT_RULES: Rules = (
   (r'(^|/)bias$', 'train'),
   (r'.*', 'freeze'),
 )
+# The base frozen whole; the method's own arrays (factors of the update rule, or the
+# layers it adds, named in gps_jax.models.fitting.ADDED_PARAMS) and the head train.
+HEAD_RULES: Rules = LINEAR_RULES
+ADDED_RULES: Rules = (
+  (r'^head/', 'train'),
+  (r'(^|/)(adapter_attn|adapter_mlp|vpt_prompts)(/|$)', 'train'),
+  (r'.*', 'freeze'),
+)
+
+
+def _adapter_model(config: ml_collections.ConfigDict) -> dict:
+  return {'adapter_dim': int(config.adapter.dim)}
+
+
+def _vpt_model(deep: bool) -> Callable[[ml_collections.ConfigDict], dict]:
+  def fields(config: ml_collections.ConfigDict) -> dict:
+    # The paper's cost comparison (after SSF): 200 shallow prompts, 50 per layer deep.
+    return {'vpt_tokens': int(config.vpt.tokens or (50 if deep else 200)), 'vpt_deep': deep}
+
+  return fields
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,12 +64,15 @@ class Method:
   update: the name of its update rule in `gps_jax.updates.RULES`; None = the
     masked rule that ``config.train.update_mode`` names.
   doc: one line for tables and --help.
+  model: config -> model fields the method adds to ``config.model`` (the layers
+    of adapters and prompts), or None.
   """
 
   rules: Rules
   score: Optional[str] = None
   update: Optional[str] = None
   doc: str = ''
+  model: Optional[Callable[[ml_collections.ConfigDict], dict]] = None
 
 
 METHODS: dict[str, Method] = {
@@ -59,7 +82,18 @@ METHODS: dict[str, Method] = {
   'full': Method(FULL_RULES, doc='every parameter'),
   'linear': Method(LINEAR_RULES, doc='the head only (linear probe)'),
   'bitfit': Method(BITFIT_RULES, doc='biases and the head'),
-}
+  'lora': Method(HEAD_RULES, update='lora', doc='low-rank A@B on query/value kernels (config.lora)'),
+  'ssf': Method(HEAD_RULES, update='ssf', doc='per-channel scale and shift after each layer'),
+  'adapter': Method(ADDED_RULES, doc='bottleneck adapters after attention and MLP (config.adapter)', model=_adapter_model),
+  'vpt_shallow': Method(ADDED_RULES, doc='prompt tokens before the first block (config.vpt)', model=_vpt_model(False)),
+  'vpt_deep': Method(ADDED_RULES, doc='prompt tokens replaced at every block (config.vpt)', model=_vpt_model(True)),
+}  # fmt: skip
+
+
+def model_fields(config: ml_collections.ConfigDict) -> dict:
+  """The model fields the run's method adds (adapters, prompts); {} for most methods."""
+  method = get(config.method)
+  return method.model(config) if method.model else {}
 
 
 def get(name: str) -> Method:

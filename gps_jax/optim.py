@@ -20,7 +20,8 @@ SCHEDULES = ('warmup_cosine', 'timm_epoch_cosine')
 
 # The outer keys of the sparse update rule's trainable state ({'train': {path: array},
 # 'delta': {path: (neurons, K) array}}, gps_jax.sparse): not part of a parameter path.
-_SPARSE_KEYS = frozenset({'train', 'delta'})
+# The parts of a structured trainable state (gps_jax.updates): their key is no path.
+_PART_KEYS = frozenset({'train', 'delta', 'factors'})
 
 
 def schedule(
@@ -129,11 +130,13 @@ def optimizer(cfg: ml_collections.ConfigDict, lr: optax.Schedule) -> optax.Gradi
 def leaf_path(key_path: Sequence[Any], tree: Any) -> str:
   """The '/'-joined parameter path of a leaf of the optimizer's tree.
 
-  Dense mode: a flat {path: array}; sparse mode: {'train': {...}, 'delta': {...}},
-  whose outer key is dropped so that one rule table serves both.
+  Dense mode: a flat {path: array}; sparse mode: {'train': {...}, 'delta': {...}};
+  LoRA / SSF: {'train': {...}, 'factors': {...}}. The outer key of a part is dropped
+  so that one rule table serves all (a factor's path is its leaf's or module's path
+  plus lora_a, lora_b, ssf_scale or ssf_shift).
   """
   names = [str(getattr(k, 'key', getattr(k, 'name', getattr(k, 'idx', k)))) for k in key_path]
-  if isinstance(tree, dict) and set(tree) == _SPARSE_KEYS and names:
+  if isinstance(tree, dict) and 'train' in tree and set(tree) <= _PART_KEYS and names:
     names = names[1:]
   return '/'.join(names)
 

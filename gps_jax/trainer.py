@@ -26,7 +26,7 @@ from gps_jax import updates
 from gps_jax.losses import cross_entropy
 from gps_jax.mixup import mix_batch
 
-MODES = tuple(updates.RULES)
+MODES = tuple(updates.MASKED_RULES)
 
 
 @flax.struct.dataclass

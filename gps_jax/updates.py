@@ -11,14 +11,15 @@ Every rule implements the same five operations on flat {path: array} dicts:
 * ``optimizer(inner) -> tx``: the optimizer's view of the trainable state;
 * ``apply_gradients(tx, trainable, opt_state, grads, frozen, aux)``: one
   optimizer update, returning ``(trainable, opt_state)``;
-* ``export(base, trainable) -> {'indices', 'train', 'delta'}``: the task's
-  result as a sparse delta, whatever the parameterisation.
+* ``export(base, trainable) -> {'indices', 'train', 'delta'[, 'factors']}``: the
+  task's result as a delta (sparse entries, trained leaves and, for the factored
+  rules, the factors that merge into the base), whatever the parameterisation.
 
 `frozen`, `trainable` and `aux` are arguments of the jitted step (never
 constants closed over), so each is placed on the device mesh by the one
 sharding rule of `gps_jax.sharding`. A low-rank delta (LoRA) or a per-channel
-scale and shift (SSF) is another rule: a function of the frozen base plus a few
-trainable arrays, registered in RULES.
+scale and shift (SSF) is another rule (`Factored`): a function of the frozen base
+plus a few trainable arrays (`gps_jax.factors`), registered in RULES.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from gps_jax import factors as factors_lib
+from gps_jax import roles as roles_lib
 from gps_jax import selection
 from gps_jax import sparse
 from gps_jax import tree as tree_lib
@@ -118,13 +121,113 @@ class DenseMasked:
     }
 
 
-# name -> constructor(roles, indices). `config.train.update_mode` names one for the
-# masked methods; a method of gps_jax.methods may name its own (`Method.update`).
-RULES: dict[str, Callable[..., Any]] = {'sparse': SparseDelta, 'dense': DenseMasked}
+@dataclasses.dataclass(frozen=True, eq=False)
+class Factored:
+  """The frozen base plus a few new arrays that merge into it: LoRA or SSF (`gps_jax.factors`).
+
+  The trainable state is {'train': the `train` leaves (the head), 'factors': {name:
+  array}}; `spec` (JSON data, saved in the delta's manifest) says where the factors go.
+  The forward pass uses the merged parameters, so the eval step is the plain model's.
+  Weight decay acts on the factors themselves.
+  """
+
+  roles: Any
+  spec: dict
+  seed: int = 0
+  name: str = 'factored'
+
+  def init(self, params: Flat):
+    rl = tree_lib.flat(self.roles)
+    frozen = {p: v for p, v in params.items() if rl[p].role != 'train'}
+    train = {p: v for p, v in params.items() if rl[p].role == 'train'}
+    shapes = {p: tuple(v.shape) for p, v in params.items()}
+    fresh = factors_lib.init(self.spec, shapes, jax.random.PRNGKey(self.seed))
+    return frozen, {'train': train, 'factors': fresh}, {}
+
+  def combine(self, frozen, aux, trainable):
+    del aux
+    return factors_lib.merge(self.spec, {**frozen, **trainable['train']}, trainable['factors'])
+
+  def optimizer(self, inner: optax.GradientTransformation) -> optax.GradientTransformation:
+    return inner
+
+  def apply_gradients(self, tx, trainable, opt_state, grads, frozen, aux):
+    del frozen, aux
+    updates_, opt_state = tx.update(grads, opt_state, trainable)
+    return optax.apply_updates(trainable, updates_), opt_state
+
+  def export(self, base: Flat, trainable) -> dict:
+    del base
+    return {
+      'indices': {},
+      'delta': {},
+      'train': dict(trainable['train']),
+      'factors': dict(trainable['factors']),
+    }
 
 
-def make(name: str, roles: Any, indices: Flat):
-  """The update rule `name` for these roles and selected indices."""
+def _flat_roles(roles) -> tuple[dict, dict]:
+  flat = tree_lib.flat(roles)
+  return {p: r.shape for p, r in flat.items()}, {p: r.role for p, r in flat.items()}
+
+
+def _lora(roles, indices, config, seed):
+  del indices
+  shapes, role_of = _flat_roles(roles)
+  spec = factors_lib.lora_spec(
+    shapes,
+    role_of,
+    family=config.model.name,
+    targets=config.lora.targets,
+    rank=config.lora.rank,
+    alpha=config.lora.alpha,
+    fan_in_rules=config.fan_in_rules or roles_lib.DEFAULT_FAN_IN_RULES,
+  )
+  return Factored(roles, spec, seed, name='lora')
+
+
+def _ssf(roles, indices, config, seed):
+  del indices
+  shapes, role_of = _flat_roles(roles)
+  return Factored(roles, factors_lib.ssf_spec(shapes, role_of, targets=config.ssf.targets), seed, name='ssf')
+
+
+# The masked rules, by name: `config.train.update_mode` of the selecting methods.
+MASKED_RULES: dict[str, Callable[..., Any]] = {'sparse': SparseDelta, 'dense': DenseMasked}
+# Every rule: name -> constructor(roles, indices, config, seed). A method of
+# gps_jax.methods names its own (`Method.update`); the masked methods take update_mode's.
+def _masked(cls):
+  def build(roles, indices, config=None, seed=0):
+    del config, seed  # K and the indices say everything
+    return cls(roles, dict(indices))
+
+  return build
+
+
+RULES: dict[str, Callable[..., Any]] = {
+  **{name: _masked(cls) for name, cls in MASKED_RULES.items()},
+  'lora': _lora,
+  'ssf': _ssf,
+}
+
+
+def make(name: str, roles: Any, indices: Flat, config=None, seed: int = 0):
+  """The update rule `name` for these roles and selected indices; `config` gives the
+  hyper-parameters of the factored rules (config.lora, config.ssf), `seed` their init."""
   if name not in RULES:
-    raise ValueError(f'config.train.update_mode={name!r}: use one of {", ".join(RULES)}')
-  return RULES[name](roles, dict(indices))
+    raise ValueError(f'config.train.update_mode={name!r}: use one of {", ".join(MASKED_RULES)}')
+  if name not in MASKED_RULES and config is None:
+    raise ValueError(f'the {name} update rule needs the run config')
+  return RULES[name](roles, dict(indices), config, seed)
+
+
+def trainable_counts(rule, params: Flat) -> dict[str, int]:
+  """{'trainable', 'head'}: scalars the rule trains, in all and in the head, from shapes."""
+  abstract = {p: jax.ShapeDtypeStruct(v.shape, v.dtype) for p, v in params.items()}
+  trainable = jax.eval_shape(lambda p: rule.init(p)[1], abstract)
+  total = head = 0
+  for part in trainable.values():
+    for p, v in part.items():
+      total += v.size
+      head += v.size if tree_lib.is_head(p) else 0
+  return {'trainable': int(total), 'head': int(head)}

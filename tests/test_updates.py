@@ -121,8 +121,11 @@ def test_a_new_rule_plugs_into_the_trainer_unchanged(setup):
 def test_registered_rules_and_the_unknown_name_message(setup):
   _, params, shapes, _ = setup
   roles = roles_lib.assign_roles(shapes)
-  assert MODES == tuple(updates.RULES) == ('sparse', 'dense')
-  with pytest.raises(ValueError, match=r"config.train.update_mode='lora': use one of sparse, dense"):
+  assert MODES == tuple(updates.MASKED_RULES) == ('sparse', 'dense')
+  assert set(updates.RULES) == {'sparse', 'dense', 'lora', 'ssf'}
+  with pytest.raises(ValueError, match=r"config.train.update_mode='lowrank': use one of sparse, dense"):
+    updates.make('lowrank', roles, {})
+  with pytest.raises(ValueError, match=r'the lora update rule needs the run config'):
     updates.make('lora', roles, {})
   # Both rules export the same sparse delta for the same trainable entries.
   rng = np.random.default_rng(0)

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gps_jax import checkpoint, sparse
+from gps_jax import factors as factors_lib
 from gps_jax import tree as tree_lib
 from gps_jax.delta.store import Delta, _require_manifest
 
@@ -88,11 +89,17 @@ def _scatter(base: np.ndarray, idx: np.ndarray, values: np.ndarray, fan_in_ndim:
 def apply_delta(
   d: Delta, base_path: str, *, force: bool = False, warn: Callable = _warn
 ) -> dict[str, np.ndarray]:
-  """The fine-tuned flat params: base + delta at its indices, trained leaves replaced."""
+  """The fine-tuned flat params: base + delta at its indices (or the merged LoRA / SSF
+  factors), trained leaves replaced."""
   m = _require_manifest(d)
   check_base([m], base_path, force=force, warn=warn)
   params = load_base(base_path, m['model'], _num_classes(d.train, m))
   _check_leaves(d, params)
+  if d.factors:  # LoRA / SSF: merged into the base as in the trainer's forward pass
+    spec = m[checkpoint.FACTORS]
+    factors_lib.check(spec, {p: v.shape for p, v in params.items()}, d.factors, d.source)
+    merged = factors_lib.merge(spec, {p: jnp.asarray(v) for p, v in params.items()}, d.factors)
+    params = {p: np.asarray(v) for p, v in merged.items()}
   for p, values in d.delta.items():
     params[p] = _scatter(params[p], d.indices[p], values, int(m['fan_in_ndim'][p]))
   for p, v in d.train.items():

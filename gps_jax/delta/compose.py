@@ -30,6 +30,12 @@ def _arch(model: Mapping) -> dict:
 def check_compatible(deltas: Sequence[Delta]) -> None:
   """All deltas share the base hash, the architecture and every shared leaf's layout."""
   ms = [_require_manifest(d) for d in deltas]
+  for d in deltas:
+    if d.factors:
+      raise ValueError(
+        f'{d.source} is a {d.manifest["method"]} delta: its factors change every entry of '
+        'their kernels, so it cannot be summed with sparse deltas; apply it on its own'
+      )
   hashes = {m['base']['sha256'] for m in ms}
   if len(hashes) > 1:
     lines = [f'{d.source}: {m["base"]["sha256"]}' for d, m in zip(deltas, ms)]

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from gps_jax import checkpoint
+from gps_jax import factors as factors_lib
 from gps_jax.files import write_atomic_path
 
 if TYPE_CHECKING:
@@ -35,6 +36,8 @@ def export_arrays(d: Delta) -> dict[str, np.ndarray]:
     if p in arrays or p == MANIFEST_MEMBER:
       raise ValueError(f'{d.source}: trained leaf {p!r} collides with another exported name')
     arrays[p] = np.ascontiguousarray(d.train[p])
+  for name in sorted(d.factors):  # '<leaf or module>/lora_a' ...: no parameter is named so
+    arrays[name] = np.ascontiguousarray(d.factors[name])
   return arrays
 
 
@@ -104,5 +107,9 @@ def split_export(arrays: Mapping[str, np.ndarray], manifest: Mapping, path: str 
       parts['delta'][p] = rest.pop(f'{p}/values')
     except KeyError as e:
       raise ValueError(f'{path}: the export lacks {e.args[0]}') from None
+  if checkpoint.FACTORS in manifest:
+    parts[checkpoint.FACTORS] = {
+      k: rest.pop(k) for k in list(rest) if k.rsplit('/', 1)[-1] in factors_lib.SUFFIXES
+    }
   parts['train'] = rest
   return parts

@@ -38,6 +38,10 @@ def inspect_delta(d: Delta) -> dict:
     add(
       p, entries=value.size, train_entries=value.size, train_bytes=value.nbytes, bytes=value.nbytes
     )
+  for name, value in d.factors.items():  # LoRA / SSF arrays count with the trained ones
+    add(
+      name, entries=value.size, train_entries=value.size, train_bytes=value.nbytes, bytes=value.nbytes
+    )
   totals = {key: sum(b[key] for b in blocks.values()) for key in fields}
   m = d.manifest
   ks = sorted({int(v.shape[-1]) for v in d.indices.values()})
@@ -50,6 +54,7 @@ def inspect_delta(d: Delta) -> dict:
     'created': m['created'] if m else None,
     'delta_leaves': len(d.delta),
     'train_leaves': len(d.train),
+    'factors': len(d.factors),
     'blocks': blocks,
     'total': totals,
   }
@@ -64,7 +69,8 @@ def format_inspect(report: dict) -> str:
     f'method      {report["method"]}    K {report["k"]}    created {report["created"]}',
     f'base        {base.get("path")}',
     f'base sha256 {base.get("sha256")}',
-    f'leaves      {report["delta_leaves"]} sparse, {report["train_leaves"]} trained in full',
+    f'leaves      {report["delta_leaves"]} sparse, {report["train_leaves"]} trained in full'
+    + (f', {report["factors"]} factor arrays' if report.get('factors') else ''),
     '',
     f'{"block":<{w}}{"entries":>12}{"values B":>12}{"indices B":>12}{"trained B":>12}{"total B":>13}',
   ]

@@ -26,6 +26,9 @@ class Delta:
   delta: dict[str, np.ndarray]
   train: dict[str, np.ndarray]
   manifest: dict | None
+  # LoRA / SSF: the arrays that merge into the base ({name: array}; gps_jax.factors),
+  # placed by the manifest's 'factors' spec. Empty for GPS and the masked baselines.
+  factors: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
 
   @property
   def base_sha256(self) -> str | None:
@@ -65,7 +68,9 @@ def _load_checkpoint(path: str) -> dict:
 
 def _parts(parts, source: str) -> dict[str, dict[str, np.ndarray]]:
   out = {}
-  for part in ('indices', 'delta', 'train'):
+  for part in ('indices', 'delta', 'train', checkpoint.FACTORS):
+    if part == checkpoint.FACTORS and part not in parts:
+      continue
     try:
       out[part] = {str(p): np.asarray(v) for p, v in dict(parts[part]).items()}
     except (KeyError, TypeError, ValueError) as e:
@@ -105,6 +110,11 @@ def validate(d: Delta) -> None:
     raise UserError(
       f'{d.source}: indices and delta values name different leaves: '
       f'{sorted(set(d.indices) ^ set(d.delta))}'
+    )
+  if d.manifest is not None and bool(d.factors) != (checkpoint.FACTORS in d.manifest):
+    raise UserError(
+      f'{d.source}: the manifest\'s factors spec and the factor arrays go together '
+      f'(spec: {checkpoint.FACTORS in d.manifest}, arrays: {len(d.factors)})'
     )
   problems = []
   for p, idx in d.indices.items():

@@ -2,7 +2,8 @@
 
 `validate(config)` raises one UserError (a ValueError) naming the first bad key:
 positive durations and batch sizes, known method / score / update-mode /
-optimizer / lr schedule / head init / data source / recipe names, K >= 1,
+optimizer / lr schedule / head init / data source / recipe names, a known
+selection level and valid exclude regexes (gps.level, gps.exclude), K >= 1,
 checkpoint files that exist, and no `upstream` stage beside a user-given
 `model.checkpoint` (the upstream stage would replace it). A wrong value then
 fails in a second with its key named, not after minutes of start-up, or never
@@ -78,8 +79,7 @@ def _validate(c: ml_collections.ConfigDict) -> None:
   methods.get(c.method)
   for method in c.compare_methods:
     methods.get(method)
-  if c.gps.score:
-    _one_of('gps.score', c.gps.score, tuple(selection.SCORERS))
+  _gps(c.gps)
   _one_of('train.update_mode', c.train.update_mode, MODES)
   _one_of('optim.name', c.optim.name, optim.OPTIMIZERS)
   _one_of('optim.schedule', c.optim.schedule, optim.SCHEDULES)
@@ -109,6 +109,24 @@ def _validate(c: ml_collections.ConfigDict) -> None:
         'without an upstream stage to fine-tune your checkpoint'
       )
     validate(c.upstream, what='config.upstream')
+
+
+def _gps(g: ml_collections.ConfigDict) -> None:
+  """The selection keys: a known score source and level, regexes to exclude, and a
+  scores_from path (whether it holds fitting scores is checked when they are read:
+  an earlier run of the same sweep may write them)."""
+  if g.score:
+    _one_of('gps.score', g.score, tuple(selection.SCORERS))
+  _one_of('gps.level', g.get('level', 'neuron'), selection.LEVELS)
+  exclude = g.get('exclude', ())
+  if not isinstance(exclude, (str, tuple, list)):
+    raise UserError(f'config.gps.exclude={exclude!r}: want a tuple of regexes')
+  try:
+    selection.exclude_patterns(exclude)
+  except ValueError as e:
+    raise UserError(str(e)) from None
+  if not isinstance(g.get('scores_from', ''), str):
+    raise UserError(f'config.gps.scores_from={g.scores_from!r}: want a workdir path')
 
 
 def _decay_rules(rules) -> None:

@@ -20,6 +20,7 @@ from gps_jax import mask_stats
 from gps_jax import methods
 from gps_jax import metrics as metrics_lib
 from gps_jax import roles as roles_lib
+from gps_jax import scores as scores_lib
 from gps_jax import selection
 from gps_jax import sharding as shard_lib
 from gps_jax import trainer as trainer_lib
@@ -112,7 +113,9 @@ def load_params(config: ml_collections.ConfigDict, model, model_config, rng: jax
 def setup_backbone(config: ml_collections.ConfigDict, rng: jax.Array) -> Backbone:
   """Stage 1: the model, its parameters on the device, the roles and the device mesh."""
   num_classes = splits_lib.num_classes(config.data)
-  model_config = {**config.model.to_dict(), 'num_classes': num_classes}
+  # The method's own layers (adapters, prompts) are model fields: the delta's manifest
+  # keeps them with the rest of the model config.
+  model_config = {**config.model.to_dict(), 'num_classes': num_classes, **methods.model_fields(config)}
   model = weights.build_model(model_config)
   say(f'[{config.method}] loading backbone {config.model.checkpoint or "(random init)"}')
   # On the device once: the jitted steps would otherwise re-send host arrays every call.
@@ -140,35 +143,75 @@ def select_indices(
   train_split,
   rng: jax.Array,
   data_seed: int,
-) -> tuple[dict, dict]:
-  """Stage 2: (indices, info) of the `select` leaves, from the method's score source."""
+  workdir: Optional[str] = None,
+) -> tuple[dict, Any, dict]:
+  """Stage 2: (indices, roles after selection, info) of the `select` leaves.
+
+  The scores come from the method's score source, or from the scores another run
+  saved (config.gps.scores_from); a pass over the data (supcon, head_ce) saves its
+  scores in <workdir>/scores.npz for such reuse. config.gps.level, k and exclude
+  then choose the entries (`gps_jax.selection.select`), which change the roles:
+  excluded leaves and leaves without an entry are frozen, a layer- or net-level
+  leaf is one neuron of fan-in the whole tensor.
+  """
   if not roles_lib.leaves_with_role(bb.roles, 'select'):
-    return {}, {}
+    return {}, bb.roles, {}
   source = methods.score_source(config)
   if source not in selection.SCORERS:
     raise ValueError(f'config.gps.score={source!r}: use one of {", ".join(selection.SCORERS)}')
-  if source == 'supcon':
-    say(f'[{config.method}] selection: one SupCon pass over {train_split.num_examples} images')
-
-  def batches():
-    return pipeline.two_view_batches(
-      train_split,
-      batch_size=config.gps.batch_size or config.data.batch_size,
-      image_size=config.model.image_size,
-      mean=tuple(config.model.mean),
-      std=tuple(config.model.std),
-      seed=data_seed,
-      interpolation=config.data.select_interpolation,
-      **_processes(),
+  level, exclude, scores_from = config.gps.level, config.gps.exclude, config.gps.scores_from
+  if scores_from:
+    say(f'[{config.method}] selection: {source} scores from {scores_from}')
+    skip = set(selection.excluded_leaves(bb.roles, exclude))  # these need no scores
+    select = roles_lib.leaves_with_role(bb.roles, 'select')
+    needed = {p: r for p, r in select.items() if p not in skip}
+    scores, meta = scores_lib.load(
+      scores_from, source=source, base_sha256=bb.base_sha256, roles=needed, seed=config.seed
     )
+    info = {'scores_from': scores_lib.paths(scores_from)[0], 'pass': meta.get('selection', {})}
+  else:
+    if source in selection.DATA_SCORERS:
+      say(f'[{config.method}] selection: one {source} pass over {train_split.num_examples} images')
 
-  inputs = selection.ScoreInputs(
-    bb.model.apply, bb.params, bb.roles, rng, batches, config.gps.temperature, bb.mesh
-  )
-  scores, info = selection.SCORERS[source](inputs)
-  indices = selection.select_neuron_indices(scores, config.gps.k, bb.roles)
+    def batches():
+      return pipeline.two_view_batches(
+        train_split,
+        batch_size=config.gps.batch_size or config.data.batch_size,
+        image_size=config.model.image_size,
+        mean=tuple(config.model.mean),
+        std=tuple(config.model.std),
+        seed=data_seed,
+        interpolation=config.data.select_interpolation,
+        **_processes(),
+      )
+
+    inputs = selection.ScoreInputs(
+      bb.model.apply,
+      bb.params,
+      bb.roles,
+      rng,
+      batches,
+      temperature=config.gps.temperature,
+      mesh=bb.mesh,
+      num_classes=bb.num_classes,
+    )
+    scores, info = selection.SCORERS[source](inputs)
+    if workdir and source in selection.DATA_SCORERS:  # score once, select many
+      meta = scores_lib.make_meta(
+        source=source,
+        method=config.method,
+        base_path=bb.base_path,
+        base_sha256=bb.base_sha256,
+        seed=config.seed,
+        shapes={p: r.shape for p, r in roles_lib.leaves_with_role(bb.roles, 'select').items()},
+        selection=info,
+        data={'name': config.data.name, 'train_split': train_split.name},
+      )
+      scores_lib.save(workdir, scores, meta)
+  indices, roles = selection.select(scores, config.gps.k, bb.roles, level, exclude)
   jax.block_until_ready(indices)
-  return indices, info
+  info = {**info, **selection.selection_summary(bb.roles, roles, indices, level, exclude)}
+  return indices, roles, info
 
 
 def make_iterators(config: ml_collections.ConfigDict, train_split, start_step: int, seed: int):
@@ -214,6 +257,10 @@ def make_iterators(config: ml_collections.ConfigDict, train_split, start_step: i
 def _results(config, stats, tuner, out, durations, timing, info, splits) -> dict:
   """Stage 5's record of the run: results.json."""
   use_ema = bool(tuner.ema_decay)
+  # The mask's entries (stats), plus the LoRA / SSF factors, which no role shows.
+  extra = _factor_count(out['state'].trainable)
+  trained = {'trainable': stats['trainable'] + extra, 'head': stats['trainable'] - stats['backbone_trainable']}
+  backbone = stats['backbone_params']
   results = {
     'method': config.method,
     'dataset': config.data.name,
@@ -226,11 +273,11 @@ def _results(config, stats, tuner, out, durations, timing, info, splits) -> dict
     ),
     'k': config.gps.k if stats['selected_entries'] else None,
     'update_mode': tuner.mode,
-    'trainable': stats['trainable'],
-    'trainable_without_head': stats['backbone_trainable'],
+    'trainable': trained['trainable'],
+    'trainable_without_head': trained['trainable'] - trained['head'],
     'total_params': stats['total_params'],
-    'share_pct': stats['share_pct'],
-    'share_without_head_pct': stats['share_without_head_pct'],
+    'share_pct': 100.0 * trained['trainable'] / max(stats['total_params'], 1),
+    'share_without_head_pct': 100.0 * (trained['trainable'] - trained['head']) / max(backbone, 1),
     'selection_seconds': timing,
     'selection': info,
     'train_seconds': out['train_seconds'],
@@ -249,22 +296,35 @@ def _results(config, stats, tuner, out, durations, timing, info, splits) -> dict
   return results
 
 
+def _factor_count(trainable) -> int:
+  """Scalars in the 'factors' part of a LoRA / SSF state (0 for the other rules)."""
+  factors = trainable.get('factors', {}) if isinstance(trainable, dict) else {}
+  return sum(int(v.size) for v in factors.values())
+
+
 def update_rule(config: ml_collections.ConfigDict, bb: Backbone, indices: dict):
   """The update rule of the run: the method's own, else ``config.train.update_mode``."""
   name = methods.get(config.method).update or config.train.update_mode
-  return updates.make(name, bb.roles, indices)
+  return updates.make(name, bb.roles, indices, config, seed=config.seed)
 
 
-def restore_or_select(config, bb, ckpts, train_split, rng, data_seed) -> tuple[int, dict, dict]:
-  """Stage 2: (start step, indices, info); a rerun in the same workdir resumes."""
+def restore_or_select(
+  config, bb, ckpts, train_split, rng, data_seed, workdir: Optional[str] = None
+) -> tuple[int, Backbone, dict, dict]:
+  """Stage 2: (start step, the backbone with the roles after selection, indices, info);
+  a rerun in the same workdir resumes, its roles rebuilt from the restored indices
+  (a `select` leaf without indices is frozen; layer / net level: one neuron each)."""
   start_step = ckpts.latest_step() or 0
   if not start_step:
-    return 0, *select_indices(config, bb, train_split, rng, data_seed)
+    indices, roles, info = select_indices(config, bb, train_split, rng, data_seed, workdir)
+    return 0, dataclasses.replace(bb, roles=roles), indices, info
   ckpts.check_resumable(start_step, config)
   say(f'[{config.method}] resuming from the checkpoint of step {start_step}')
   has_select = bool(roles_lib.leaves_with_role(bb.roles, 'select'))
   indices = ckpts.restore_indices(start_step) if has_select else {}
-  return start_step, indices, {'restored_from_step': start_step}
+  roles = selection.roles_after_selection(bb.roles, indices, config.gps.level)
+  info = {'restored_from_step': start_step}
+  return start_step, dataclasses.replace(bb, roles=roles), indices, info
 
 
 def write_delta(config, bb: Backbone, tuner, state, workdir: str) -> None:
@@ -278,6 +338,10 @@ def write_delta(config, bb: Backbone, tuner, state, workdir: str) -> None:
     base_sha256=bb.base_sha256,
     select_roles=select,
   )
+  if select:  # at layer / net level K is the budget per neuron, not the entries per neuron
+    manifest['level'] = config.gps.level
+  if getattr(tuner.update, 'spec', None):  # LoRA / SSF: what their factors apply to
+    manifest['factors'] = tuner.update.spec
   checkpoint.save_delta(
     os.path.join(workdir, 'checkpoint'), tuner.sparse_result(bb.params, state), manifest
   )
@@ -293,19 +357,21 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> tuple[dict, dict]:
   data_seed = int(jax.random.randint(rng_data, (), 0, 2**31 - 1))
 
   bb = setup_backbone(config, rng_init)
-  stats = mask_stats.mask_statistics(bb.roles, config.gps.k)
-  if metrics_lib.is_writer():
-    files.write_json(os.path.join(workdir, 'mask_stats.json'), stats)
-  say(mask_stats.format_table(stats))
   train_split = splits_lib.open_split(config.data, config.data.train_split)
   ckpts = checkpoint.TrainCheckpoints(
     os.path.join(workdir, 'train_state'), keep=config.train.keep_checkpoints
   )
   t0 = time.perf_counter()
-  start_step, indices, info = restore_or_select(
-    config, bb, ckpts, train_split, rng_select, data_seed
+  start_step, bb, indices, info = restore_or_select(
+    config, bb, ckpts, train_split, rng_select, data_seed, workdir
   )
   select_seconds = time.perf_counter() - t0
+  # After selection: the run's roles and indices give the true entries at any level.
+  stats = mask_stats.mask_statistics(bb.roles, config.gps.k, indices=indices)
+  stats['level'] = config.gps.level if stats['selected_entries'] else None
+  if metrics_lib.is_writer():
+    files.write_json(os.path.join(workdir, 'mask_stats.json'), stats)
+  say(mask_stats.format_table(stats))
 
   durations = Durations.from_config(config, train_split)
   tuner = trainer_lib.MaskedFinetuner(

@@ -1,13 +1,19 @@
 """How many entries a GPS mask trains: per leaf, per block and overall.
 
-Everything follows from the roles and K (each neuron of a `select` leaf trains
-exactly K entries), so it is computed on abstract shapes, without weights.
+Before selection everything follows from the roles and K (each neuron of a
+`select` leaf trains exactly K entries), so it is computed on abstract shapes,
+without weights. After selection, the run's indices give the true count of
+every `select` leaf whatever the level (`gps_jax.selection.select`): a layer- or
+net-level leaf is one neuron whose fan-in is the whole tensor, and trains as many
+entries as it has indices.
 """
 
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, Mapping, Optional
+
+import numpy as np
 
 from gps_jax import roles as roles_lib
 from gps_jax import tree as tree_lib
@@ -27,15 +33,33 @@ def block_of(path: str) -> str:
   return parts[0]
 
 
-def trainable_entries(role: roles_lib.LeafRole, k: int) -> int:
+def trainable_entries(role: roles_lib.LeafRole, k: int, indices: Any = None) -> int:
+  """Entries `role` trains: K per neuron of a `select` leaf (or the size of its
+  `indices` when given), all of a `train` leaf, none of a `freeze` leaf."""
   if role.role == 'select':
-    return role.num_neurons * k
+    return role.num_neurons * k if indices is None else int(np.size(indices))
   return role.size if role.role == 'train' else 0
 
 
-def mask_statistics(roles: Any, k: int, head_regex: str = HEAD_REGEX) -> dict:
-  """Trainable entries per leaf and block and the overall shares (in %)."""
+def mask_statistics(
+  roles: Any,
+  k: int,
+  head_regex: str = HEAD_REGEX,
+  *,
+  indices: Optional[Mapping[str, Any]] = None,
+) -> dict:
+  """Trainable entries per leaf and block and the overall shares (in %).
+
+  Without `indices`, every neuron of a `select` leaf counts K entries (the
+  neuron level's budget). With the run's `indices` ({path: array} of every
+  `select` leaf, as `gps_jax.selection.select` returns them with its roles), a
+  `select` leaf counts its indices: the true trainable entries at any level.
+  """
   head = re.compile(head_regex)
+  if indices is not None:
+    missing = sorted(p for p in roles_lib.leaves_with_role(roles, 'select') if p not in indices)
+    if missing:
+      raise ValueError(f'mask_statistics: no indices for the selected parameters {missing}')
   leaves, blocks = {}, {}
   totals = {
     'params': 0,
@@ -46,7 +70,7 @@ def mask_statistics(roles: Any, k: int, head_regex: str = HEAD_REGEX) -> dict:
     'selected': 0,
   }
   for path, r in tree_lib.flat(roles).items():
-    t = trainable_entries(r, k)
+    t = trainable_entries(r, k, None if indices is None else indices.get(path))
     leaves[path] = {'role': r.role, 'shape': list(r.shape), 'params': r.size, 'trainable': t}
     if r.role == 'select':
       leaves[path].update(neurons=r.num_neurons, fan_in=r.fan_in)
@@ -92,5 +116,3 @@ def format_table(stats: dict) -> str:
     f'{stats["backbone_trainable"]:>12,}{stats["share_without_head_pct"]:>10.3f}'
   )
   return '\n'.join(lines)
-
-

@@ -15,6 +15,14 @@ classifier head. Every submodule carries an explicit ``name=`` so the parameter 
     stages_{i}/blocks_{j}/gamma (Ci,)                 (layer scale; absent if layer_scale_init is None)
     final_norm/{scale,bias}                           (timm's head.norm)
     head/{kernel (C3,num_classes), bias}              (only when num_classes > 0)
+    stages_{i}/blocks_{j}/adapter_mlp/{down,up}/{kernel,bias}   (only when adapter_dim > 0)
+
+The adapter (:class:`gps_jax.models.layers.Adapter`; a block has no attention, so only
+``adapter_mlp``) acts on the MLP's output, after fc2 and before the layer scale gamma:
+``x + DropPath(gamma * Adapter(fc2(...)))``. Its ``up`` starts at zero, so at init the
+block is exactly the pretrained one; before gamma, it sees the branch output unscaled, as
+the adapters of ViT and Swin do, and its change is scaled by the block's own gamma. VPT
+prompts are refused (``vpt_tokens`` > 0 is a ValueError): a ConvNeXt has no token sequence.
 
 The final norm lives outside ``head/`` on purpose: GPS freezes norms and trains the head.
 
@@ -34,6 +42,8 @@ from gps_jax.models.layers import (
   IMAGENET_MEAN,
   IMAGENET_STD,
   Mlp,
+  adapter,
+  check_added_fields,
   drop_path,
   drop_path_rates,
   layer_norm,
@@ -56,12 +66,14 @@ convnext_drop_path_rates = drop_path_rates
 
 
 class ConvNeXtBlock(nn.Module):
-  """x + DropPath(gamma * fc2(GELU(fc1(LN(dwconv7x7(x)))))), on NHWC inputs."""
+  """x + DropPath(gamma * fc2(GELU(fc1(LN(dwconv7x7(x)))))), on NHWC inputs; with
+  adapter_dim > 0, x + DropPath(gamma * Adapter(fc2(...)))."""
 
   mlp_ratio: int = 4
   layer_scale_init: Optional[float] = 1e-6
   drop_path_rate: float = 0.0
   dtype: Any = jnp.float32
+  adapter_dim: int = 0
 
   @nn.compact
   def __call__(self, x, *, deterministic: bool):
@@ -77,6 +89,7 @@ class ConvNeXtBlock(nn.Module):
     )(x)
     y = layer_norm('norm', LN_EPSILON, self.dtype)(y)
     y = Mlp(self.mlp_ratio * c, self.dtype, name='mlp')(y)
+    y = adapter(y, self.adapter_dim, 'adapter_mlp', self.dtype)
     if self.layer_scale_init is not None:
       gamma = self.param('gamma', nn.initializers.constant(self.layer_scale_init), (c,))
       y = y * gamma.astype(y.dtype)
@@ -134,6 +147,7 @@ class ConvNeXtStage(nn.Module):
   layer_scale_init: Optional[float] = 1e-6
   dtype: Any = jnp.float32
   head_init: str = 'zeros'  # the new head's kernel init: zeros | trunc_normal
+  adapter_dim: int = 0
 
   @nn.compact
   def __call__(self, x, *, deterministic: bool):
@@ -144,6 +158,7 @@ class ConvNeXtStage(nn.Module):
         layer_scale_init=self.layer_scale_init,
         drop_path_rate=rate,
         dtype=self.dtype,
+        adapter_dim=self.adapter_dim,
         name=f'blocks_{j}',
       )(x, deterministic=deterministic)
     return x
@@ -156,7 +171,8 @@ class ConvNeXt(nn.Module):
   and returns ``(logits, features)``: features is the spatial mean of the last stage after
   ``final_norm`` (timm's ``forward_head(x, pre_logits=True)``), logits = head(features), or
   None when num_classes == 0. Drop-path (rate linear from 0 to drop_path_rate over all
-  blocks, as timm) draws from the 'dropout' rng when ``train`` is true.
+  blocks, as timm) draws from the 'dropout' rng when ``train`` is true. ``adapter_dim`` > 0
+  adds one adapter per block; ``vpt_tokens`` must stay 0 (module doc).
   """
 
   num_classes: int
@@ -167,6 +183,8 @@ class ConvNeXt(nn.Module):
   layer_scale_init: Optional[float] = 1e-6
   dtype: Any = jnp.float32
   head_init: str = 'zeros'  # the new head's kernel init: zeros | trunc_normal
+  adapter_dim: int = 0  # bottleneck width of the adapters; 0 = none
+  vpt_tokens: int = 0  # must be 0: a config field only so that a request for VPT is refused
 
   @nn.compact
   def __call__(self, images, *, train: bool):
@@ -174,6 +192,10 @@ class ConvNeXt(nn.Module):
       raise ValueError(
         f'ConvNeXt needs as many depths as dims, got depths={self.depths} dims={self.dims}'
       )
+    check_added_fields(
+      'ConvNeXt', self.adapter_dim, self.vpt_tokens,
+      no_vpt='ConvNeXt: it has no token sequence to prepend prompts to (a conv net)',
+    )  # fmt: skip
     if images.ndim != 4 or images.shape[1:] != (self.image_size, self.image_size, 3):
       raise ValueError(
         f'ConvNeXt expects NHWC images of shape (B, {self.image_size}, '
@@ -191,6 +213,7 @@ class ConvNeXt(nn.Module):
         downsample=i > 0,
         layer_scale_init=self.layer_scale_init,
         dtype=self.dtype,
+        adapter_dim=self.adapter_dim,
         name=f'stages_{i}',
       )(x, deterministic=not train)
     x = jnp.mean(x, axis=(1, 2))
@@ -207,6 +230,8 @@ _CONVNEXT_FIELDS = (
   'layer_scale_init',
   'dtype',
   'head_init',
+  'adapter_dim',
+  'vpt_tokens',
 )
 
 
@@ -226,7 +251,7 @@ def convnext_config(
   ``overrides`` replace any of them (an unknown key is an error)."""
   defaults = dict(
     drop_path_rate=0.0, layer_scale_init=1e-6, dtype='float32', head_init='zeros',
-    mean=IMAGENET_MEAN, std=IMAGENET_STD,
+    adapter_dim=0, vpt_tokens=0, mean=IMAGENET_MEAN, std=IMAGENET_STD,
   )  # fmt: skip
   return named_config(
     'convnext', variant, _variant_fields, defaults, overrides, label='ConvNeXt',

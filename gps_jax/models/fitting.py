@@ -15,13 +15,19 @@ for timm state dicts (:mod:`gps_jax.models.timm_layout`). The adaptations:
 * entries under an ``optional`` prefix the model lacks are dropped (ViT's ``pre_logits``
   when the model has no representation_size, as vit_jax does);
 * a float entry of another shape goes through the ``resize`` hooks (position embeddings,
-  relative-position tables) before it is compared.
+  relative-position tables) before it is compared;
+* the modules that parameter-efficient methods add to a backbone (adapters, VPT prompts:
+  paths matching :data:`ADDED_PARAMS`) are not in a pretrained file: a module the file lacks
+  keeps the model's fresh init (``fresh_added``; adapters start as the identity). A file
+  that has one (a fine-tuned model saved under its Flax paths) must have all of its leaves,
+  at the model's shapes, and is loaded like any other entry.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import re
 from collections.abc import Callable, Mapping
 from typing import Any, Optional
 
@@ -32,6 +38,19 @@ import numpy as np
 from gps_jax.tree import flat, unflat
 
 log = logging.getLogger(__name__)
+
+# The parameters that parameter-efficient fine-tuning adds to a backbone, which no pretrained
+# file has: the Adapter modules (gps_jax.models.layers) and ViT's VPT prompts.
+ADDED_PARAMS = r'(^|/)(adapter_attn|adapter_mlp|vpt_prompts)(/|$)'
+_ADDED = re.compile(ADDED_PARAMS)
+
+
+def added_module(path: str) -> Optional[str]:
+  """The added module a Flax path belongs to ('Transformer/encoderblock_3/adapter_mlp',
+  'Transformer/vpt_prompts'), or None for a path of the backbone itself."""
+  m = _ADDED.search(path)
+  return path[: m.end(2)] if m else None
+
 
 # hook(flax path, file array, wanted file shape) -> resized array, or None when not its key.
 ResizeHook = Callable[[str, np.ndarray, tuple], Optional[np.ndarray]]
@@ -70,6 +89,7 @@ class Layout:
       expected_shapes(model, init, rng),
       source or self.label,
       fresh_head=lambda: fresh_head(model, init, rng),
+      fresh_added=lambda: fresh_added(model, init, rng),
       layout=self,
     )
 
@@ -109,6 +129,50 @@ def fresh_head(model, init: Optional[Mapping] = None, rng=None) -> dict[str, Any
   return {f'head/{k}': v for k, v in flat(head).items()}
 
 
+def fresh_added(model, init: Optional[Mapping] = None, rng=None) -> dict[str, Any]:
+  """Flat {path: value} of the model's own init of its added modules (ADDED_PARAMS), from
+  ``init`` if given; empty for a model without adapters or prompts."""
+  if init is not None:
+    return {k: v for k, v in flat(init).items() if added_module(k)}
+  rng, init_fn = _dummy_init(model, rng)
+  # Under jit XLA keeps only the added modules' initialisers.
+  return jax.device_get(
+    jax.jit(lambda r: {k: v for k, v in flat(init_fn(r)).items() if added_module(k)})(rng)
+  )
+
+
+def _fit_added(loaded: dict, added: Mapping[str, tuple], fresh, source: str):
+  """Fits the added modules: (flat values, problems). Their file entries (under the Flax
+  path, whatever the layout) are taken out of ``loaded``; a module the file lacks entirely
+  gets ``fresh()``, one it has must be whole, at the model's shapes."""
+  modules: dict[str, list[str]] = {}
+  for path in sorted(added):
+    modules.setdefault(added_module(path), []).append(path)
+  out, problems, kept = {}, [], []
+  for module, paths in modules.items():
+    if not any(p in loaded for p in paths):
+      kept.append(module)
+      continue
+    for p in paths:
+      value = loaded.pop(p, None)
+      if value is None:
+        problems.append(f'missing {p} {added[p]} (the file has part of {module})')
+      elif value.shape != added[p]:
+        problems.append(f'wrong shape {p}: file {value.shape}, model {added[p]}')
+      elif value.dtype.kind != 'f':
+        problems.append(f'non-float dtype {p} {value.dtype}')
+      else:
+        out[p] = np.asarray(value, np.float32)
+  if kept:
+    if fresh is None:
+      problems += [f'missing {p} {added[p]}' for m in kept for p in modules[m]]
+    else:
+      log.info('%s: %d added modules (adapters / prompts) keep their fresh init', source, len(kept))
+      init = fresh()
+      out.update({p: np.asarray(init[p], np.float32) for m in kept for p in modules[m]})
+  return out, problems
+
+
 def _drop_unfit_head(loaded: dict, want: Mapping, model_head: set, source: str, layout) -> None:
   """Drops the file's classifier unless it is exactly the model's (same names, shapes)."""
   file_head = {k for k in loaded if k.startswith(layout.head_prefix)}
@@ -144,6 +208,7 @@ def fit_params(
   source: str,
   *,
   fresh_head: Callable[[], Mapping[str, Any]],
+  fresh_added: Optional[Callable[[], Mapping[str, Any]]] = None,
   layout: Layout = FLAX_LAYOUT,
 ) -> dict:
   """A file's flat arrays -> nested float32 params with exactly the ``expected`` paths/shapes.
@@ -151,13 +216,17 @@ def fit_params(
   ``loaded`` is keyed and shaped as ``layout`` says (``layout.prepare`` already applied),
   ``expected`` is the model's flat {Flax path: shape}; ``source`` names the file in
   messages; ``fresh_head()`` gives the model's own head init, used when the file's head is
-  dropped or absent. After the adaptations of the module doc, every missing, unexpected,
-  mis-shaped or non-float entry is named (file name, and the Flax path where it differs) in
-  one ValueError. ``loaded`` is not modified.
+  dropped or absent; ``fresh_added()`` the model's init of its added modules (adapters,
+  prompts), used for those the file lacks (without it they are missing). After the
+  adaptations of the module doc, every missing, unexpected, mis-shaped or non-float entry
+  is named (file name, and the Flax path where it differs) in one ValueError. ``loaded`` is
+  not modified.
   """
-  names = {layout.file_name(p): p for p in expected}  # file name -> Flax path
+  added = {p: tuple(s) for p, s in expected.items() if added_module(p)}
+  names = {layout.file_name(p): p for p in expected if p not in added}  # file name -> path
   want = {n: tuple(layout.file_shape(p, expected[p])) for n, p in names.items()}
   loaded = {k: np.asarray(v) for k, v in loaded.items() if not k.endswith(layout.ignore)}
+  out, problems = _fit_added(loaded, added, fresh_added, source)
   model_head = {n for n, p in names.items() if p.startswith('head/')}
   _drop_unfit_head(loaded, want, model_head, source, layout)
   for prefix in layout.optional:
@@ -166,7 +235,6 @@ def fit_params(
         log.info('%s: dropping %s (the model has no %s)', source, k, prefix)
         del loaded[k]
 
-  problems, out = [], {}
   for name in sorted(want):
     path = names[name]
     where = f' (for {path})' if path != name else ''

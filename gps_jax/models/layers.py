@@ -1,7 +1,7 @@
 """Pieces shared by the backbones (ViT, Swin, ConvNeXt): stochastic depth and its per-block
-rates, the torch-exact LayerNorm, timm's Mlp and the normalisation constants of the
-checkpoints. None of them names a parameter by itself: the callers pass ``name=``, so the
-parameter trees of the models do not depend on this module."""
+rates, the torch-exact LayerNorm, timm's Mlp, the bottleneck Adapter and the normalisation
+constants of the checkpoints. None of them names a parameter by itself: the callers pass
+``name=``, so the parameter trees of the models do not depend on this module."""
 
 from __future__ import annotations
 
@@ -65,3 +65,46 @@ class Mlp(nn.Module):
     y = nn.Dense(self.hidden_dim, dtype=self.dtype, kernel_init=trunc_normal_init, name='fc1')(x)
     y = nn.gelu(y, approximate=False)
     return nn.Dense(x.shape[-1], dtype=self.dtype, kernel_init=trunc_normal_init, name='fc2')(y)
+
+
+class Adapter(nn.Module):
+  """A bottleneck adapter on a residual branch (Houlsby et al. 2019, AdaptFormer's module):
+  ``h + up(GELU(down(h)))`` with ``down`` C -> dim and ``up`` dim -> C on channels-last h.
+
+  ``up`` starts at zero (kernel and bias), so a fresh adapter is exactly the identity: adding
+  adapters to a pretrained backbone leaves its outputs unchanged until training moves them.
+  ``down`` is xavier-uniform with a zero bias, as in AdaptFormer.
+  """
+
+  dim: int
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, h):
+    y = nn.Dense(
+      self.dim, dtype=self.dtype, kernel_init=nn.initializers.xavier_uniform(),
+      bias_init=nn.initializers.zeros, name='down',
+    )(h)  # fmt: skip
+    y = nn.gelu(y, approximate=False)
+    y = nn.Dense(
+      h.shape[-1], dtype=self.dtype, kernel_init=nn.initializers.zeros,
+      bias_init=nn.initializers.zeros, name='up',
+    )(y)  # fmt: skip
+    return h + y
+
+
+def adapter(h, dim: int, name: str, dtype: Any):
+  """``Adapter(dim, name=name)(h)`` inside a compact block, or h itself when dim == 0 (no
+  adapter, no parameters: the tree of a model without adapters is unchanged)."""
+  return Adapter(dim, dtype, name=name)(h) if dim else h
+
+
+def check_added_fields(label: str, adapter_dim: int, vpt_tokens: int, no_vpt: str = '') -> None:
+  """ValueError for a negative adapter_dim / vpt_tokens, or for any prompt tokens in a family
+  whose ``no_vpt`` says why VPT is not defined for it."""
+  if adapter_dim < 0 or vpt_tokens < 0:
+    raise ValueError(
+      f'{label}: adapter_dim ({adapter_dim}) and vpt_tokens ({vpt_tokens}) must be >= 0'
+    )
+  if vpt_tokens and no_vpt:
+    raise ValueError(f'{label}: vpt_tokens={vpt_tokens}, but VPT is not defined for {no_vpt}')

@@ -22,6 +22,14 @@ Parameter layout (``'/'``-joined paths; every submodule is named explicitly)::
     layers_{i}/blocks_{j}/mlp/{fc1,fc2}/{kernel,bias}
     norm/{scale,bias}                             final LayerNorm
     head/{kernel,bias}                            only when num_classes > 0 (head_init)
+    layers_{i}/blocks_{j}/adapter_attn/{down,up}/{kernel,bias}   only when adapter_dim > 0
+    layers_{i}/blocks_{j}/adapter_mlp/{down,up}/{kernel,bias}    only when adapter_dim > 0
+
+Adapters (:class:`gps_jax.models.layers.Adapter`, the identity at init) sit on each residual
+branch, after the attention (windows merged back, shift undone) and after the MLP, before
+drop-path and the residual add. VPT prompts are refused (``vpt_tokens`` > 0 is a ValueError):
+windowed attention has no one sequence to prepend them to; VPT's Swin variant (prompts per
+window, and per stage for the merged resolutions) is not implemented here.
 
 :func:`gps_jax.models.swin_timm.swin_params_from_timm` converts a timm state dict (NumPy arrays)
 into this layout.
@@ -41,6 +49,8 @@ from gps_jax.models.layers import (
   IMAGENET_MEAN,
   IMAGENET_STD,
   Mlp,
+  adapter,
+  check_added_fields,
   drop_path,
   drop_path_rates,
   layer_norm,
@@ -162,7 +172,8 @@ class WindowAttention(nn.Module):
 
 
 class SwinTransformerBlock(nn.Module):
-  """x + DropPath(W-MSA / SW-MSA(LN(x))), then x + DropPath(MLP(LN(x))) on (B, H, W, C).
+  """x + DropPath(W-MSA / SW-MSA(LN(x))), then x + DropPath(MLP(LN(x))) on (B, H, W, C);
+  with adapter_dim > 0 each branch output h becomes Adapter(h) before drop-path.
 
   ``window_size`` / ``shift_size`` are the target values; the effective ones follow timm's
   rule (:func:`effective_window_shift`) for the input's resolution."""
@@ -173,6 +184,7 @@ class SwinTransformerBlock(nn.Module):
   mlp_ratio: float = 4.0
   drop_path_rate: float = 0.0
   dtype: Any = jnp.float32
+  adapter_dim: int = 0
 
   @nn.compact
   def __call__(self, x, *, deterministic: bool):
@@ -194,9 +206,11 @@ class SwinTransformerBlock(nn.Module):
     y = _window_reverse(y, window, b, hp, wp)[:, :h, :w]
     if any(shift):
       y = jnp.roll(y, shift, axis=(1, 2))
+    y = adapter(y, self.adapter_dim, 'adapter_attn', self.dtype)
     x = x + drop_path(self, y, self.drop_path_rate, deterministic)
     y = layer_norm('norm2', LN_EPSILON, self.dtype)(x)
     y = Mlp(int(c * self.mlp_ratio), self.dtype, name='mlp')(y)
+    y = adapter(y, self.adapter_dim, 'adapter_mlp', self.dtype)
     return x + drop_path(self, y, self.drop_path_rate, deterministic)
 
 
@@ -253,6 +267,7 @@ class SwinTransformerStage(nn.Module):
   drop_path_rates: tuple[float, ...]
   mlp_ratio: float = 4.0
   dtype: Any = jnp.float32
+  adapter_dim: int = 0
 
   @nn.compact
   def __call__(self, x, *, deterministic: bool):
@@ -266,6 +281,7 @@ class SwinTransformerStage(nn.Module):
         mlp_ratio=self.mlp_ratio,
         drop_path_rate=self.drop_path_rates[j],
         dtype=self.dtype,
+        adapter_dim=self.adapter_dim,
         name=f'blocks_{j}',
       )(x, deterministic=deterministic)
     return x
@@ -279,6 +295,7 @@ class SwinTransformer(nn.Module):
   pre_logits=True)`` (final LayerNorm, then the mean over all positions), logits =
   head(features), or None when num_classes == 0. Drop-path draws from the 'dropout' rng;
   block k of all sum(depths) gets rate drop_path_rate * k / (sum(depths) - 1), as in timm.
+  ``adapter_dim`` > 0 adds two adapters per block; ``vpt_tokens`` must stay 0 (module doc).
   """
 
   num_classes: int
@@ -292,6 +309,8 @@ class SwinTransformer(nn.Module):
   drop_path_rate: float = 0.0
   dtype: Any = jnp.float32
   head_init: str = 'zeros'  # the new head's kernel init: zeros | trunc_normal
+  adapter_dim: int = 0  # bottleneck width of the adapters; 0 = none
+  vpt_tokens: int = 0  # must be 0: a config field only so that a request for VPT is refused
 
   @property
   def num_features(self) -> int:
@@ -304,6 +323,11 @@ class SwinTransformer(nn.Module):
         f'SwinTransformer expects NHWC images of shape (B, {self.image_size}, '
         f'{self.image_size}, 3), got {images.shape}'
       )
+    check_added_fields(
+      'SwinTransformer', self.adapter_dim, self.vpt_tokens,
+      no_vpt="Swin here: its windowed attention needs VPT's per-window prompt variant, "
+      'which gps_jax does not implement',
+    )  # fmt: skip
     if len(self.depths) != len(self.num_heads):
       raise ValueError(f'depths {self.depths} and num_heads {self.num_heads} differ in length')
     for i, heads in enumerate(self.num_heads):
@@ -325,6 +349,7 @@ class SwinTransformer(nn.Module):
         drop_path_rates=tuple(rates[i]),
         mlp_ratio=self.mlp_ratio,
         dtype=self.dtype,
+        adapter_dim=self.adapter_dim,
         name=f'layers_{i}',
       )(x, deterministic=not train)
     x = layer_norm('norm', LN_EPSILON, self.dtype)(x)
@@ -347,6 +372,8 @@ _SWIN_FIELDS = (
   'drop_path_rate',
   'dtype',
   'head_init',
+  'adapter_dim',
+  'vpt_tokens',
 )
 
 
@@ -369,6 +396,8 @@ def swin_config(
     drop_path_rate=0.0,
     dtype='float32',
     head_init='zeros',
+    adapter_dim=0,
+    vpt_tokens=0,
     mean=IMAGENET_MEAN,
     std=IMAGENET_STD,
   )

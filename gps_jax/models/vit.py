@@ -13,17 +13,38 @@ flax autonaming and matches the ``.npz`` checkpoints released with vit_jax::
     Transformer/encoder_norm/{scale,bias}
     pre_logits/{kernel,bias}      (only when representation_size is set)
     head/{kernel,bias}            (only when num_classes > 0)
+
+Parameter-efficient additions, absent at their defaults (then the tree is exactly the above):
+
+    Transformer/encoderblock_{i}/adapter_attn/{down,up}/{kernel,bias}   (adapter_dim > 0)
+    Transformer/encoderblock_{i}/adapter_mlp/{down,up}/{kernel,bias}    (adapter_dim > 0)
+    Transformer/vpt_prompts (1,P,D)                    (vpt_tokens = P > 0, shallow)
+    Transformer/encoderblock_{i}/vpt_prompts (1,P,D)   (vpt_tokens = P > 0, vpt_deep)
+
+Adapters (:class:`gps_jax.models.layers.Adapter`) sit on each residual branch, after its
+dropout and before drop-path and the residual add; they start as the identity. VPT (Jia et
+al. 2022) makes the sequence [cls, P prompts, N patches]: prompts come after the position
+embedding (they get none) and skip the embedding dropout; shallow prompts are inserted once
+before block 0 and carried through, deep prompts replace tokens 1..P before every block.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any, Optional
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 import ml_collections
 
-from gps_jax.models.layers import INCEPTION_MEAN, INCEPTION_STD, drop_path
+from gps_jax.models.layers import (
+  INCEPTION_MEAN,
+  INCEPTION_STD,
+  adapter,
+  check_added_fields,
+  drop_path,
+)
 from gps_jax.models.model_config import module_fields, named_config, task_head
 
 LN_EPSILON = 1e-6  # vit_jax uses 1e-6, not flax's default 1e-5.
@@ -79,8 +100,35 @@ class MlpBlock(nn.Module):
     return nn.Dropout(self.dropout_rate, name='Dropout_1')(y, deterministic=deterministic)
 
 
+def vpt_init_range(patch_size: int, hidden_size: int) -> float:
+  """VPT's prompt init bound v: prompts ~ U(-v, v) with v = sqrt(6 / (3 p^2 + D)), the
+  xavier-uniform bound of the patch embedding (fan-in 3 p^2, fan-out D)."""
+  return math.sqrt(6.0 / (3 * patch_size**2 + hidden_size))
+
+
+def _prompt_param(module: nn.Module, tokens: int, width: int, init_range: float):
+  """The (1, tokens, width) 'vpt_prompts' parameter of ``module``, ~ U(-init_range, init_range)."""
+
+  def init(key, shape, dtype=jnp.float32):
+    return jax.random.uniform(key, shape, dtype, -init_range, init_range)
+
+  return module.param('vpt_prompts', init, (1, tokens, width))
+
+
+def _put_prompts(x, prompts, *, replace: bool):
+  """[cls, prompts, patches]: the prompts (1, P, D) after the class token, replacing tokens
+  1..P of x (replace) or inserted before its patches."""
+  b, p = x.shape[0], prompts.shape[1]
+  prompts = jnp.broadcast_to(prompts.astype(x.dtype), (b, p, x.shape[2]))
+  return jnp.concatenate([x[:, :1], prompts, x[:, 1 + p :] if replace else x[:, 1:]], axis=1)
+
+
 class Encoder1DBlock(nn.Module):
-  """Pre-LN transformer block: x + DropPath(MHSA(LN(x))), then x + DropPath(MLP(LN(x)))."""
+  """Pre-LN transformer block: x + DropPath(MHSA(LN(x))), then x + DropPath(MLP(LN(x))).
+
+  With adapter_dim > 0 each branch output h becomes Adapter(h) before drop-path. With
+  vpt_tokens = P > 0 (deep VPT) the block first overwrites tokens 1..P of its input with its
+  own ``vpt_prompts``."""
 
   num_heads: int
   mlp_dim: int
@@ -88,9 +136,15 @@ class Encoder1DBlock(nn.Module):
   attention_dropout_rate: float = 0.0
   drop_path_rate: float = 0.0
   dtype: Any = jnp.float32
+  adapter_dim: int = 0
+  vpt_tokens: int = 0
+  vpt_range: float = 0.0  # the U(-v, v) bound of the prompt init
 
   @nn.compact
   def __call__(self, inputs, *, deterministic: bool):
+    if self.vpt_tokens:
+      prompts = _prompt_param(self, self.vpt_tokens, inputs.shape[-1], self.vpt_range)
+      inputs = _put_prompts(inputs, prompts, replace=True)
     x = nn.LayerNorm(epsilon=LN_EPSILON, dtype=self.dtype, name='LayerNorm_0')(inputs)
     x = nn.MultiHeadDotProductAttention(
       num_heads=self.num_heads,
@@ -101,11 +155,13 @@ class Encoder1DBlock(nn.Module):
       name='MultiHeadDotProductAttention_1',
     )(x, x, deterministic=deterministic)
     x = nn.Dropout(self.dropout_rate, name='Dropout_0')(x, deterministic=deterministic)
+    x = adapter(x, self.adapter_dim, 'adapter_attn', self.dtype)
     x = inputs + drop_path(self, x, self.drop_path_rate, deterministic)
     y = nn.LayerNorm(epsilon=LN_EPSILON, dtype=self.dtype, name='LayerNorm_2')(x)
     y = MlpBlock(self.mlp_dim, self.dropout_rate, self.dtype, name='MlpBlock_3')(
       y, deterministic=deterministic
     )
+    y = adapter(y, self.adapter_dim, 'adapter_mlp', self.dtype)
     return x + drop_path(self, y, self.drop_path_rate, deterministic)
 
 
@@ -122,7 +178,11 @@ class AddPositionEmbs(nn.Module):
 
 class Encoder(nn.Module):
   """The 'Transformer' module: position embedding, the blocks and the final LayerNorm.
-  Block i gets drop-path rate drop_path_rate * i / (num_layers - 1) (timm's linspace)."""
+  Block i gets drop-path rate drop_path_rate * i / (num_layers - 1) (timm's linspace).
+
+  With vpt_tokens = P > 0 the P prompt positions go after the class token once the position
+  embedding and its dropout are applied: the shallow prompts (this module's ``vpt_prompts``)
+  themselves, or for vpt_deep zeros that block 0 overwrites with its prompts at once."""
 
   num_layers: int
   num_heads: int
@@ -131,11 +191,20 @@ class Encoder(nn.Module):
   attention_dropout_rate: float = 0.0
   drop_path_rate: float = 0.0
   dtype: Any = jnp.float32
+  adapter_dim: int = 0
+  vpt_tokens: int = 0
+  vpt_deep: bool = False
+  vpt_range: float = 0.0  # the U(-v, v) bound of the prompt init
 
   @nn.compact
   def __call__(self, x, *, train: bool):
     x = AddPositionEmbs(name='posembed_input')(x)
     x = nn.Dropout(self.dropout_rate, name='Dropout_0')(x, deterministic=not train)
+    p, d = self.vpt_tokens, x.shape[-1]
+    if p and self.vpt_deep:
+      x = _put_prompts(x, jnp.zeros((1, p, d), x.dtype), replace=False)  # block 0 fills them
+    elif p:
+      x = _put_prompts(x, _prompt_param(self, p, d, self.vpt_range), replace=False)
     for i in range(self.num_layers):
       rate = self.drop_path_rate * i / max(self.num_layers - 1, 1)
       x = Encoder1DBlock(
@@ -145,6 +214,9 @@ class Encoder(nn.Module):
         self.attention_dropout_rate,
         rate,
         self.dtype,
+        adapter_dim=self.adapter_dim,
+        vpt_tokens=p if self.vpt_deep else 0,
+        vpt_range=self.vpt_range,
         name=f'encoderblock_{i}',
       )(x, deterministic=not train)
     return nn.LayerNorm(epsilon=LN_EPSILON, dtype=self.dtype, name='encoder_norm')(x)
@@ -157,6 +229,10 @@ class ViT(nn.Module):
   and returns ``(logits, features)``: features is the class token after encoder_norm (and
   after pre_logits + tanh when representation_size is set), logits = head(features), or
   None when num_classes == 0. Dropout and drop-path draw from the 'dropout' rng.
+
+  ``adapter_dim`` > 0 adds two adapters per block, ``vpt_tokens`` > 0 prompt tokens (one
+  set, or one per block with ``vpt_deep``); see the module doc. The class token is still
+  token 0, so features and logits are read as without them.
   """
 
   num_classes: int
@@ -172,9 +248,15 @@ class ViT(nn.Module):
   drop_path_rate: float = 0.0
   dtype: Any = jnp.float32
   head_init: str = 'zeros'  # the new head's kernel init: zeros | trunc_normal
+  adapter_dim: int = 0  # bottleneck width of the adapters; 0 = none
+  vpt_tokens: int = 0  # prompt tokens (per block when vpt_deep); 0 = none
+  vpt_deep: bool = False  # deep VPT: new prompts before every block
 
   @nn.compact
   def __call__(self, images, *, train: bool):
+    check_added_fields('ViT', self.adapter_dim, self.vpt_tokens)
+    if self.vpt_deep and not self.vpt_tokens:
+      raise ValueError('ViT: vpt_deep=True needs vpt_tokens > 0 (the prompts per block)')
     if images.ndim != 4 or images.shape[1:] != (self.image_size, self.image_size, 3):
       raise ValueError(
         f'ViT expects NHWC images of shape (B, {self.image_size}, '
@@ -202,6 +284,10 @@ class ViT(nn.Module):
       self.attention_dropout_rate,
       self.drop_path_rate,
       self.dtype,
+      adapter_dim=self.adapter_dim,
+      vpt_tokens=self.vpt_tokens,
+      vpt_deep=self.vpt_deep,
+      vpt_range=vpt_init_range(p, d),
       name='Transformer',
     )(x, train=train)
     x = x[:, 0]
@@ -225,6 +311,9 @@ _VIT_FIELDS = (
   'drop_path_rate',
   'dtype',
   'head_init',
+  'adapter_dim',
+  'vpt_tokens',
+  'vpt_deep',
 )
 
 
@@ -241,6 +330,9 @@ def vit_config(
     drop_path_rate=0.0,
     dtype='float32',
     head_init='zeros',
+    adapter_dim=0,
+    vpt_tokens=0,
+    vpt_deep=False,
     mean=INCEPTION_MEAN,
     std=INCEPTION_STD,
   )

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import time
 from typing import Any, Optional
 
@@ -30,6 +31,7 @@ from gps_jax import weights
 from gps_jax.config_defaults import VIT_B16_I21K_FILE
 from gps_jax.data import input_pipeline as pipeline
 from gps_jax.data import splits as splits_lib
+from gps_jax.models.fitting import ADDED_PARAMS
 from gps_jax.metrics import say
 
 
@@ -260,7 +262,10 @@ def _results(config, stats, tuner, out, durations, timing, info, splits) -> dict
   # The mask's entries (stats), plus the LoRA / SSF factors, which no role shows.
   extra = _factor_count(out['state'].trainable)
   trained = {'trainable': stats['trainable'] + extra, 'head': stats['trainable'] - stats['backbone_trainable']}
-  backbone = stats['backbone_params']
+  # Shares are of the pretrained model, as in the paper: a method's added layers
+  # (adapters, prompts) count as trainable, not as backbone parameters.
+  added = sum(v['params'] for p, v in stats['leaves'].items() if re.search(ADDED_PARAMS, p))
+  backbone, total = stats['backbone_params'] - added, stats['total_params'] - added
   results = {
     'method': config.method,
     'dataset': config.data.name,
@@ -275,8 +280,8 @@ def _results(config, stats, tuner, out, durations, timing, info, splits) -> dict
     'update_mode': tuner.mode,
     'trainable': trained['trainable'],
     'trainable_without_head': trained['trainable'] - trained['head'],
-    'total_params': stats['total_params'],
-    'share_pct': 100.0 * trained['trainable'] / max(stats['total_params'], 1),
+    'total_params': total,
+    'share_pct': 100.0 * trained['trainable'] / max(total, 1),
     'share_without_head_pct': 100.0 * (trained['trainable'] - trained['head']) / max(backbone, 1),
     'selection_seconds': timing,
     'selection': info,

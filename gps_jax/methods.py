@@ -21,6 +21,7 @@ from typing import Callable, Optional
 
 import ml_collections
 
+from gps_jax.models.fitting import ADDED_PARAMS
 from gps_jax.roles import GPS_RULES, Rules
 
 FULL_RULES: Rules = ((r'.*', 'train'),)
@@ -34,11 +35,7 @@ BITFIT_RULES: Rules = (
 # The base frozen whole; the method's own arrays (factors of the update rule, or the
 # layers it adds, named in gps_jax.models.fitting.ADDED_PARAMS) and the head train.
 HEAD_RULES: Rules = LINEAR_RULES
-ADDED_RULES: Rules = (
-  (r'^head/', 'train'),
-  (r'(^|/)(adapter_attn|adapter_mlp|vpt_prompts)(/|$)', 'train'),
-  (r'.*', 'freeze'),
-)
+ADDED_RULES: Rules = ((r'^head/', 'train'), (ADDED_PARAMS, 'train'), (r'.*', 'freeze'))
 
 
 def _adapter_model(config: ml_collections.ConfigDict) -> dict:

@@ -218,3 +218,43 @@ def test_a_factored_delta_saves_exports_inspects_and_refuses_to_compose(env, tmp
   del manifest['factors']
   with pytest.raises(ValueError, match=r'factors'):
     checkpoint.save_delta(str(tmp_path / 'bad'), {'indices': {}, 'delta': {}, 'train': head, 'factors': f}, manifest)
+
+
+@pytest.mark.parametrize('family', ['swin', 'convnext'])
+def test_lora_and_ssf_find_their_layers_in_swin_and_convnext(family):
+  """The family defaults: Swin's LoRA on the q and v thirds of every fused qkv kernel,
+  ConvNeXt's on the MLP's fc1 and fc2; SSF on every module with a per-channel bias. The
+  merged model with SSF equals the unmerged scale-and-shift of every targeted output."""
+  from test_peft_layers import SMALL, init
+
+  from gps_jax.models import registry
+
+  model = registry.build_model(SMALL[family])
+  params = {p: jnp.asarray(v) for p, v in tree_lib.flat(init(model, seed=1)).items()}
+  shapes = {p: tuple(v.shape) for p, v in params.items()}
+  roles = {p: 'train' if p.startswith('head/') else 'freeze' for p in shapes}
+  spec = factors_lib.lora_spec(
+    shapes, roles, family=family, targets=(), rank=2, alpha=2.0, fan_in_rules=roles_lib.DEFAULT_FAN_IN_RULES
+  )
+  want = [p for p in shapes if p.endswith('attn/qkv/kernel' if family == 'swin' else ('mlp/fc1/kernel', 'mlp/fc2/kernel'))]
+  assert sorted(spec['fan_in_ndim']) == sorted(want) and want
+  assert (set(spec['columns']) == set(want)) == (family == 'swin')
+  ssf = factors_lib.ssf_spec(shapes, roles, targets=())
+  with_bias = {p[: -len('/bias')] for p in shapes if p.endswith('/bias') and not p.startswith('head/')}
+  assert set(ssf['modules']) == with_bias
+  rng = np.random.default_rng(4)
+  f = {k: jnp.asarray((1.0 if k.endswith('scale') else 0.0) + 0.2 * rng.normal(size=s), jnp.float32)
+       for k, s in factors_lib.factor_shapes(ssf, shapes).items()}  # fmt: skip
+  images = jnp.asarray(rng.normal(size=(2, 32, 32, 3)), jnp.float32)
+  want_logits, _ = model.apply({'params': tree_lib.unflat(factors_lib.merge(ssf, params, f))}, images, train=False)
+
+  def scale_shift(next_fun, args, kwargs, context):
+    y = next_fun(*args, **kwargs)
+    path = '/'.join(context.module.path)
+    if context.method_name == '__call__' and path in ssf['modules']:
+      return y * f[f'{path}/ssf_scale'] + f[f'{path}/ssf_shift']
+    return y
+
+  with nn.intercept_methods(scale_shift):
+    got, _ = model.apply({'params': tree_lib.unflat(params)}, images, train=False)
+  np.testing.assert_allclose(np.asarray(got), np.asarray(want_logits), rtol=1e-4, atol=1e-4)

@@ -20,12 +20,13 @@ from gps_jax.selection import (
   make_score_step,
   random_scores,
   element_masks,
+  select,
   select_neuron_indices,
   select_neuron_topk,
 )
 from gps_jax.sparse import combine, scatter_add
 from gps_jax.trainer import MaskedFinetuner, TrainState, fit
-from gps_jax.updates import DenseMasked, SparseDelta
+from gps_jax.updates import DenseMasked, Factored, SparseDelta
 from gps_jax.updates import RULES as UPDATE_RULES
 from gps_jax.vit_npz import load_vit_npz, resize_posemb, save_vit_npz
 from gps_jax.weights import build_model, load_checkpoint, read_state_dict

@@ -582,12 +582,17 @@ def _main(argv: Sequence[str] | None, state: dict) -> None:
   grid = make_grid(args)
   state['grid'] = grid
   if not args.report_only:
+    start = time.perf_counter()
     with compile_cache(args.compile_cache if not args.dry_run else ''):
       outcome = run_grid(grid, dry_run=args.dry_run)
     state['outcome'] = outcome
     if args.dry_run:
       return
-    print(f'[reproduce] {len(outcome.ran)} cell(s) run, {len(outcome.skipped)} already finished')
+    minutes = (time.perf_counter() - start) / 60
+    print(
+      f'[reproduce] {len(outcome.ran)} cell(s) run in {minutes:.1f} min (wall), '
+      f'{len(outcome.skipped)} already finished'
+    )
   state['summary'] = report(grid, args, make_plots=not args.no_plots)
 
 

@@ -1,6 +1,7 @@
-"""In-memory image-classification sources for the offline demo.
+"""In-memory image-classification sources for the offline demo and mini-VTAB.
 
-Two sources need no network:
+The tasks of the mini-VTAB suite (gps_jax/data/mini_vtab.py) are registered at
+the end of this file. Two more sources need no network:
 
 * Fashion-MNIST from the Debian package ``dataset-fashion-mnist`` (IDX files
   under ``/usr/share/datasets/fashion-mnist``), parsed here without any
@@ -21,6 +22,9 @@ import os
 from typing import Callable
 
 import numpy as np
+
+# numpy only at import (scikit-learn is imported when digits8x8 is loaded)
+from gps_jax.data import mini_vtab
 
 DEFAULT_FASHION_MNIST_DIR = '/usr/share/datasets/fashion-mnist'
 _IMAGES_MAGIC = 2051
@@ -162,11 +166,23 @@ def _mnist_5k(split: str, data_dir: str | None, seed: int):
   return images[idx[split]], labels[idx[split]]
 
 
+def _mini_vtab(task: str) -> Callable:
+  def load(split: str, data_dir: str | None, seed: int):
+    return mini_vtab.load_task(task, split, data_dir, seed)
+
+  return load
+
+
 # name -> (loader(split, data_dir, seed), valid splits, number of classes)
 DATASETS: dict[str, tuple[Callable, tuple[str, ...], int]] = {
   'fashion_mnist': (_fashion, ('train', 'test'), 10),
   'mnist_5k': (_mnist_5k, ('train', 'val', 'test', 'trainval'), 10),
 }
+# The mini-VTAB suite (gps_jax/data/mini_vtab.py, configs/mini_vtab.py): 800 train,
+# 200 val, the rest of each task's fixed pool test; data_dir is the Fashion-MNIST IDX
+# directory for fashion_groups and unused by the others.
+for _task, (_classes, _, _) in mini_vtab.TASKS.items():
+  DATASETS[_task] = (_mini_vtab(_task), ('train', 'val', 'test', 'trainval'), _classes)
 
 
 def _entry(name: str):

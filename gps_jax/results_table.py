@@ -84,8 +84,8 @@ def load_runs(
         with open(path) as f:
           res = json.load(f)
         res.pop('history', None)
-        res.update(task=task, seed=seed, workdir=workdir)
-        res['method'] = method  # the folder's name: one method per folder
+        res.update(task=task, seed=seed, workdir=workdir, run_method=res.get('method'))
+        res['method'] = method  # the folder's name: one method (at one K) per folder
         rows.append(res)
   return rows
 

@@ -370,3 +370,32 @@ def test_paper_fgvc_columns_and_tables_4_and_6():
   assert pr.paper_value('fgvc', 'gps', 'cub', 'convnext_b') is None
   assert pr.paper_value('vtab', 'random', 'dtd') is None
   assert pr.source('fgvc', 'magnitude') == 'Table 6' and pr.source('vtab', 'gps') == 'Table 3'
+
+
+def test_ks_adds_a_k_dimension_for_the_selecting_methods(tmp_path, capsys):
+  """--ks runs gps at each K in its own folder (gps_k1, gps_k3) with --config.gps.k, and
+  linear (no selection) once; the K points group the folders back by the run's method."""
+  out = tmp_path / 'grid'
+  args = [*GRID, '--out', str(out), '--dry-run', '--ks', '1,3', '--tasks', 'digits_a']
+  assert reproduce.main(args) == 0
+  lines = [shlex.split(line) for line in capsys.readouterr().out.splitlines()]
+  cells = [(line[4].rsplit('/', 2)[-2], line[5], line[-1]) for line in lines]
+  assert cells == [
+    ('gps_k1', '--config.method=gps', '--config.gps.k=1'),
+    ('gps_k1', '--config.method=gps', '--config.gps.k=1'),
+    ('gps_k3', '--config.method=gps', '--config.gps.k=3'),
+    ('gps_k3', '--config.method=gps', '--config.gps.k=3'),
+    ('linear', '--config.method=linear', '--config.seed=1'),
+    ('linear', '--config.method=linear', '--config.seed=2'),
+  ]
+  for label, k, acc in (('gps_k1', 1, 0.5), ('gps_k3', 3, 0.6), ('random_k3', 3, 0.55)):
+    _fake_run(tmp_path / 'k', 'a', label, 0, acc, 1.0)
+    d = tmp_path / 'k' / 'a' / label / 'seed_0' / 'results.json'
+    r = json.loads(d.read_text())
+    r.update(method=label.split('_k')[0], k=k)
+    d.write_text(json.dumps(r))
+  runs = rt.load_runs(str(tmp_path / 'k'))
+  assert {r['method'] for r in runs} == {'gps_k1', 'gps_k3', 'random_k3'}  # table columns
+  points = reproduce.k_series(runs)
+  assert [(p['series'], p['k'], p['mean']) for p in points] == [('a / gps', 1, 50.0), ('a / gps', 3, 60.0)]
+  assert reproduce.main([*GRID, '--out', str(out), '--dry-run', '--ks', '0']) == 1

@@ -29,6 +29,10 @@ Afterwards (and with ``--report-only``, from the workdirs alone) it writes:
   run (``mask_<task>_gps_seed_<s>.png``) and, when a method ran with several K on one
   task, ``accuracy_vs_k.png``.
 
+``--ks 1,4,16`` adds a K dimension: each selecting method (gps, random, magnitude) runs at
+every K in ``<out>/<task>/<method>_k<K>/seed_<s>`` (``--config.gps.k=<K>``), the others
+once; ``--reference gps_k1`` then pairs against K = 1.
+
 Bad input (an unknown suite, task or method, a bad seed or override) is one ``error:`` line
 and exit status 1.
 """
@@ -133,6 +137,13 @@ def build_parser() -> argparse.ArgumentParser:
     '--seeds', default='', metavar='S1,S2', help="seeds (default: the config's seed, 42)"
   )
   p.add_argument(
+    '--ks',
+    default='',
+    metavar='K1,K2',
+    help='also a K dimension: every selecting method (gps, random, magnitude) runs at each K, '
+    'in <method>_k<K> folders (plots/accuracy_vs_k.png); other methods run once',
+  )
+  p.add_argument(
     '--set',
     action='append',
     default=[],
@@ -211,6 +222,7 @@ class Grid:
   tasks: list[str]
   methods: list[str]
   seeds: list[int] | None  # None: the config's seed
+  ks: list[int] | None  # None: the config's gps.k; else each selecting method at each K
   options: list[str]
   overrides: list[tuple[str, str]]
   out: str
@@ -294,6 +306,14 @@ def make_grid(args) -> Grid:
       seeds = [int(s) for s in _split(args.seeds)]
     except ValueError:
       raise UserError(f'--seeds={args.seeds!r}: give integers, e.g. --seeds=42,43,44') from None
+  ks = None
+  if _split(args.ks):
+    try:
+      ks = [int(k) for k in _split(args.ks)]
+    except ValueError:
+      raise UserError(f'--ks={args.ks!r}: give positive integers, e.g. --ks=1,4,16') from None
+    if min(ks) < 1:
+      raise UserError(f'--ks={args.ks!r}: give positive integers, e.g. --ks=1,4,16')
   options = _split(args.options)
   if args.paper == 'auto':
     benchmark = suite.paper
@@ -309,6 +329,7 @@ def make_grid(args) -> Grid:
     tasks=list(dict.fromkeys(tasks)),
     methods=list(dict.fromkeys(methods)),
     seeds=list(dict.fromkeys(seeds)) if seeds else None,
+    ks=list(dict.fromkeys(ks)) if ks else None,
     options=options,
     overrides=parse_overrides(args.set, args.config_overrides),
     out=os.path.abspath(os.path.expanduser(args.out)),
@@ -354,14 +375,30 @@ def _display_path(path: str) -> str:
   return path if rel.startswith('..') else rel
 
 
-def cell_config(config, method: str, seed: int):
+def cell_config(config, method: str, seed: int, k: int | None = None):
   cfg = config.copy_and_resolve_references()
   with cfg.unlocked():
     cfg.method = method
     cfg.seed = seed
     cfg.compare_methods = ()
     cfg.compare_seeds = ()
+    if k is not None:
+      cfg.gps.k = k
   return cfg
+
+
+def method_cells(grid: Grid) -> list[tuple[str, str, int | None]]:
+  """(folder label, method, K or None) of every method column: with --ks a selecting
+  method (one with a score source) is one column per K, '<method>_k<K>'."""
+  from gps_jax import methods as methods_lib
+
+  cells = []
+  for m in grid.methods:
+    if grid.ks and methods_lib.get(m).score is not None:
+      cells += [(f'{m}_k{k}', m, k) for k in grid.ks]
+    else:
+      cells.append((m, m, None))
+  return cells
 
 
 def check_cell(cfg) -> None:
@@ -381,17 +418,21 @@ def seeds_of(grid: Grid, config) -> list[int]:
   return grid.seeds if grid.seeds is not None else [int(config.seed)]
 
 
-def command(grid: Grid, task: str, method: str, seed: int, config) -> str:
-  """The gps_jax.main command line of one cell."""
+def command(grid: Grid, task: str, label: str, seed: int, config, cell=None) -> str:
+  """The gps_jax.main command line of one cell: `label` is its method folder, `config`
+  the task's config, `cell` the cell's (its method, and K where the label names one)."""
+  cell = cell if cell is not None else cell_config(config, label, seed)
   parts = [
     'python',
     '-m',
     'gps_jax.main',
     f'--config={_spec(grid, task)}',
-    f'--workdir={_display_path(rt.cell_dir(grid.out, task, method, seed))}',
-    f'--config.method={method}',
+    f'--workdir={_display_path(rt.cell_dir(grid.out, task, label, seed))}',
+    f'--config.method={cell.method}',
     f'--config.seed={seed}',
   ]
+  if label != cell.method:
+    parts.append(f'--config.gps.k={cell.gps.k}')
   if tuple(config.compare_methods):
     parts.append('--config.compare_methods=()')
   if tuple(config.compare_seeds):
@@ -415,21 +456,21 @@ def run_grid(grid: Grid, dry_run: bool = False) -> Outcome:
   configs = {t: task_config(grid, t) for t in grid.tasks}
   plan = []
   for t in grid.tasks:
-    for m in grid.methods:
+    for label, m, k in method_cells(grid):
       for s in seeds_of(grid, configs[t]):
-        cfg = cell_config(configs[t], m, s)
+        cfg = cell_config(configs[t], m, s, k)
         if not dry_run:  # the printed commands may be meant for another machine's files
           check_cell(cfg)  # every cell before the first one runs
-        plan.append((t, m, s, cfg))
+        plan.append((t, label, s, cfg))
   outcome = Outcome()
   if dry_run:
-    for t, m, s, _ in plan:
+    for t, m, s, cfg in plan:
       workdir = rt.cell_dir(grid.out, t, m, s)
       if rt.is_finished(workdir):
         print(f'# finished, skipped: {_display_path(workdir)}')
         outcome.skipped.append((t, m, s))
       else:
-        print(command(grid, t, m, s, configs[t]))
+        print(command(grid, t, m, s, configs[t], cfg))
         outcome.ran.append((t, m, s))
     return outcome
   backbones: dict[str, str] = {}
@@ -459,7 +500,7 @@ def report(grid: Grid, args, make_plots: bool = True) -> rt.Summary | None:
   The report covers the suite's tasks (all of them, or --tasks), the methods (--methods,
   else every method folder found) and the seeds (--seeds, else every seed found).
   """
-  methods = _split(args.methods) or None
+  methods = [label for label, _, _ in method_cells(grid)] if _split(args.methods) else None
   tasks = _split(args.tasks) or grid.all_tasks
   runs = rt.load_runs(grid.out, tasks=tasks, methods=methods, seeds=grid.seeds)
   if not runs:
@@ -530,11 +571,12 @@ def write_plots(grid: Grid, s: rt.Summary, runs: Sequence[dict]) -> list[str]:
 
 
 def k_series(runs: Sequence[dict]) -> list[dict]:
-  """accuracy-vs-K points of every (task, method) that ran with two or more K."""
+  """accuracy-vs-K points of every (task, method) that ran with two or more K (the
+  method of the run, whatever its folder: --ks puts each K in its own)."""
   by: dict[tuple[str, str], dict[int, list[float]]] = {}
   for r in runs:
     if r.get('k') is not None:
-      by.setdefault((r['task'], r['method']), {}).setdefault(r['k'], []).append(
+      by.setdefault((r['task'], r.get('run_method', r['method'])), {}).setdefault(r['k'], []).append(
         100.0 * r['test_accuracy']
       )
   points = []

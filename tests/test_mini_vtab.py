@@ -109,15 +109,6 @@ def test_clevr_dist_label_is_the_bin_of_the_distance_between_the_blobs():
   np.testing.assert_array_equal(mv.dist_label(measured[far]), labels[far])
 
 
-def test_dsprites_scale_label_is_the_bin_of_the_radius():
-  images, labels, p = mv.gen_dsprites_scale(N, seed=15)
-  np.testing.assert_array_equal(labels, mv.bin_of(p['radius'], mv.SCALE_EDGES))
-  # the area the image covers gives the radius back (square (2r)^2, disc, triangle)
-  area = images.sum((1, 2)) / 255 / p['intensity']
-  unit = np.array([4.0, np.pi, 3 * np.sqrt(3) / 4])[p['kind']]
-  np.testing.assert_allclose(np.sqrt(area / unit), p['radius'], rtol=0.03)
-
-
 @pytest.mark.parametrize('gen', sorted(mv.GENERATORS))
 def test_generators_are_deterministic(gen):
   a = mv.GENERATORS[gen](20, seed=3)

@@ -29,10 +29,6 @@ and returns ``(images, labels, params)``; the labels follow from ``params``.
 * ``clevr_dist``: two objects of random shape, size, intensity; label = the
   distance between their centres: near / middle / far (:data:`DIST_BINS`,
   with gaps between the bins).
-
-``gen_dsprites_scale`` (the size of one shape, 4 bins) is kept as a spare
-generator; it is not in the suite (too hard for the demo backbone to separate
-the methods: linear 52.9 %, full 58.6 %).
 """
 
 from __future__ import annotations
@@ -123,6 +119,17 @@ def _downsample(canvas: np.ndarray, ss: int = SUPERSAMPLE) -> np.ndarray:
   return canvas.reshape(h, ss, w, ss).mean(axis=(1, 3))
 
 
+def _render_each(params: dict, kinds: tuple, grid) -> np.ndarray:
+  """(n, 28, 28) images of one shape each: image i draws kinds[params['kind'][i]] with
+  the i-th value of every other parameter."""
+  n = len(params['kind'])
+  objects = [
+    {**{k: v[i] for k, v in params.items() if k != 'kind'}, 'kind': kinds[params['kind'][i]]}
+    for i in range(n)
+  ]
+  return np.stack([render([o], grid) for o in objects])
+
+
 def render(objects: list[dict], grid=None) -> np.ndarray:
   """uint8 (28, 28) image of shapes on black: each object a dict of shape_mask's
   arguments plus ``intensity`` in (0, 1]; overlaps take the maximum.
@@ -182,22 +189,8 @@ def gen_dsprites_loc(n: int, seed: int):
   cy = rng.uniform(6.0, 22.0, n)
   angle = rng.uniform(0, 2 * np.pi, n)
   intensity = rng.uniform(0.35, 1.0, n)
-  images = np.stack(
-    [
-      render(
-        [
-          dict(
-            kind=SHAPES[kind[i]], cx=cx[i], cy=cy[i], radius=radius[i], angle=angle[i],
-            intensity=intensity[i],
-          )
-        ],
-        grid,
-      )
-      for i in range(n)
-    ]
-  )  # fmt: skip
   params = dict(kind=kind, cx=cx, cy=cy, radius=radius, angle=angle, intensity=intensity)
-  return images, labels, params
+  return _render_each(params, SHAPES, grid), labels, params
 
 
 def gen_dsprites_ori(n: int, seed: int):
@@ -217,57 +210,10 @@ def gen_dsprites_ori(n: int, seed: int):
   cx = rng.uniform(margin, SIZE - margin)
   cy = rng.uniform(margin, SIZE - margin)
   intensity = rng.uniform(0.35, 1.0, n)
-  images = np.stack(
-    [
-      render(
-        [
-          dict(
-            kind=('square', 'ellipse')[kind[i]], cx=cx[i], cy=cy[i], radius=radius[i],
-            angle=angle[i], aspect=aspect[i], intensity=intensity[i],
-          )
-        ],
-        grid,
-      )
-      for i in range(n)
-    ]
-  )  # fmt: skip
   params = dict(
     kind=kind, cx=cx, cy=cy, radius=radius, aspect=aspect, angle=angle, intensity=intensity
   )
-  return images, labels, params
-
-
-SCALE_EDGES = (2.0, 3.0, 4.0, 5.0, 6.0)  # 4 bins of the shape's radius
-
-
-def gen_dsprites_scale(n: int, seed: int):
-  """One shape at a random place, angle and intensity; label = bin of its radius."""
-  rng = np.random.default_rng(seed)
-  grid = _grid()
-  edges = np.asarray(SCALE_EDGES)
-  labels = _balanced_labels(rng, n, len(edges) - 1)
-  kind = rng.integers(0, len(SHAPES), n)
-  radius = rng.uniform(edges[labels], edges[labels + 1])
-  cx = rng.uniform(9.0, 19.0, n)
-  cy = rng.uniform(9.0, 19.0, n)
-  angle = rng.uniform(0, 2 * np.pi, n)
-  intensity = rng.uniform(0.35, 1.0, n)
-  images = np.stack(
-    [
-      render(
-        [
-          dict(
-            kind=SHAPES[kind[i]], cx=cx[i], cy=cy[i], radius=radius[i], angle=angle[i],
-            intensity=intensity[i],
-          )
-        ],
-        grid,
-      )
-      for i in range(n)
-    ]
-  )  # fmt: skip
-  params = dict(kind=kind, cx=cx, cy=cy, radius=radius, angle=angle, intensity=intensity)
-  return images, labels, params
+  return _render_each(params, ('square', 'ellipse'), grid), labels, params
 
 
 def _place(rng, kinds, radii, min_gap: float, tries: int = 100):

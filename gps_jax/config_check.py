@@ -97,6 +97,11 @@ def _validate(c: ml_collections.ConfigDict) -> None:
   for key in NON_NEGATIVE:
     _number(key, _get(c, key), zero_ok=True)
   _number('train.keep_checkpoints', c.train.keep_checkpoints, integer=True)
+  # The baselines' sizes (their target regexes are checked on the model's paths).
+  _number('lora.rank', c.lora.rank, integer=True)
+  _number('lora.alpha', c.lora.alpha)
+  _number('adapter.dim', c.adapter.dim, integer=True)
+  _number('vpt.tokens', c.vpt.tokens, integer=True, zero_ok=True)
   _decay_rules(c.optim.weight_decay_rules)
   path = c.model.checkpoint
   if path and not os.path.isfile(os.path.expanduser(path)):
@@ -117,15 +122,15 @@ def _gps(g: ml_collections.ConfigDict) -> None:
   an earlier run of the same sweep may write them)."""
   if g.score:
     _one_of('gps.score', g.score, tuple(selection.SCORERS))
-  _one_of('gps.level', g.get('level', 'neuron'), selection.LEVELS)
-  exclude = g.get('exclude', ())
+  _one_of('gps.level', g.level, selection.LEVELS)
+  exclude = g.exclude
   if not isinstance(exclude, (str, tuple, list)):
     raise UserError(f'config.gps.exclude={exclude!r}: want a tuple of regexes')
   try:
     selection.exclude_patterns(exclude)
   except ValueError as e:
     raise UserError(str(e)) from None
-  if not isinstance(g.get('scores_from', ''), str):
+  if not isinstance(g.scores_from, str):
     raise UserError(f'config.gps.scores_from={g.scores_from!r}: want a workdir path')
 
 

@@ -71,6 +71,10 @@ BAD = [
   ('optim.weight_decay_rules', (('.*',),), 'config.optim.weight_decay_rules[0]=(\'.*\',): want'),
   ('data.train_interpolation', 'nearest', "config.data.train_interpolation='nearest'"),
   ('data.eval_interpolation', 'random', "config.data.eval_interpolation='random'"),
+  ('lora.rank', 0, 'config.lora.rank=0: must be an integer > 0'),
+  ('lora.alpha', -1.0, 'config.lora.alpha=-1.0'),
+  ('adapter.dim', 0, 'config.adapter.dim=0'),
+  ('vpt.tokens', -5, 'config.vpt.tokens=-5: must be an integer >= 0'),
 ]
 
 

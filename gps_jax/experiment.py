@@ -31,6 +31,7 @@ from gps_jax import weights
 from gps_jax.config_defaults import VIT_B16_I21K_FILE
 from gps_jax.data import input_pipeline as pipeline
 from gps_jax.data import splits as splits_lib
+from gps_jax.models import fitting
 from gps_jax.models.fitting import ADDED_PARAMS
 from gps_jax.metrics import say
 
@@ -103,13 +104,14 @@ def load_params(config: ml_collections.ConfigDict, model, model_config, rng: jax
       'pass --config.model.checkpoint=/path/to/the checkpoint (for ViT-B/16: '
       f'{VIT_B16_I21K_FILE}), or --config.model.require_checkpoint=False for random weights'
     )
-  init_params = weights.init_params(model, rng)
   if not path:
-    return tree_lib.flat(init_params)
-  params = weights.load_checkpoint(path, model_config, model=model, init=init_params)
-  if config.model.reinit_head and 'head' in init_params:
-    params['head'] = init_params['head']  # a new task gets a new head
-  return tree_lib.flat(params)
+    return tree_lib.flat(weights.init_params(model, rng))
+  # No full init: a jitted init of the whole model costs seconds of CPU per run, and
+  # the file gives every parameter but a new head (and a method's added layers).
+  params = tree_lib.flat(weights.load_checkpoint(path, model_config, model=model, rng=rng))
+  if config.model.reinit_head and any(tree_lib.is_head(p) for p in params):
+    params.update(fitting.fresh_head(model, rng=rng))  # a new task gets a new head
+  return params
 
 
 def setup_backbone(config: ml_collections.ConfigDict, rng: jax.Array) -> Backbone:

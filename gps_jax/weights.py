@@ -133,16 +133,16 @@ def load_checkpoint(
   """Nested float32 params for ``model_config`` from a checkpoint file (see the module doc).
 
   ``model`` (built from ``model_config`` when omitted) and ``init`` (its fresh
-  params, initialised when omitted) give the expected names and shapes and the
-  fresh head used when the file's head does not fit.
+  params) give the expected names and shapes and the fresh head used when the
+  file's head does not fit. Without ``init`` nothing else is initialised: shapes
+  come from ``jax.eval_shape``, and only the parts the file lacks (a fresh head,
+  adapters, prompts) are drawn from ``rng``, with the values a full init would give.
   """
   path = os.fspath(path)
   family = family_of(model_config)
   model = family.build(model_config) if model is None else model
-  if init is None:
-    init = init_params(model, rng)
   if path.endswith('.npz'):
     arrays, layout = vit_npz.read_npz(path), family.npz
   else:
     arrays, layout = read_state_dict(path), family.timm
-  return layout.params(arrays, model, f'checkpoint {path}', init=init)
+  return layout.params(arrays, model, f'checkpoint {path}', init=init, rng=rng)

@@ -8,7 +8,9 @@ import sys
 import jax
 import numpy as np
 
+from gps_jax import methods
 from gps_jax import roles as roles_lib
+from gps_jax import updates
 from gps_jax import tree as tree_lib
 from gps_jax import selection
 from gps_jax import sharding as shard_lib
@@ -71,6 +73,26 @@ def run(mesh_spec, params, two_view, train):
   out['accuracy'] = np.asarray(acc)
   out['num_sharded_frozen'] = np.asarray(len(sharded))
   out['devices'] = np.asarray(1 if mesh is None else mesh.size)
+  for rule in ('lora', 'ssf'):  # the factored rules on the same mesh
+    out.update({f'{rule}_{k}': v for k, v in factored(rule, model, params, cfg, mesh, train).items()})
+  return out
+
+
+def factored(rule, model, params, cfg, mesh, train):
+  """20 steps of LoRA or SSF (head and factors trained, base frozen): losses, final params."""
+  roles = roles_lib.assign_roles(tree_lib.unflat(params), methods.HEAD_RULES)
+  update = updates.make(rule, roles, {}, cfg, seed=0)
+  tuner = MaskedFinetuner(
+    model.apply, roles, {}, cfg, num_classes=5, total_steps=STEPS, mesh=mesh, update=update
+  )
+  state, frozen, aux = tuner.init(params)
+  losses = []
+  for b in train:
+    state, m = tuner.train_step(state, frozen, aux, b, jax.random.PRNGKey(1))
+    losses.append(float(m['loss']))
+  final = tuner.compose_jit(frozen, aux, state.trainable)
+  out = {f'final/{p}': np.asarray(v) for p, v in final.items()}
+  out['losses'] = np.asarray(losses)
   return out
 
 

@@ -157,8 +157,8 @@ def test_method_registry_is_the_one_source_of_methods():
     assert has_select == (method.score is not None), name
     assert method.score is None or method.score in selection.SCORERS, name
     assert method.update is None or method.update in updates.RULES, name
-  with pytest.raises(ValueError, match="config.method='lora'.*gps, random"):
-    methods.get('lora')
+  with pytest.raises(ValueError, match="config.method='dora'.*gps, random.*lora, ssf"):
+    methods.get('dora')
   cfg = ml_collections.ConfigDict({'method': 'linear', 'rules': (), 'gps': {'score': ''}})
   assert methods.rules(cfg) == methods.LINEAR_RULES and methods.score_source(cfg) is None
   cfg.rules = (('.*', 'freeze'),)

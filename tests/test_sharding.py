@@ -60,3 +60,19 @@ def test_sharded_run_matches_the_single_device_run(runs, mesh):
   for k in [k.split(':', 1)[1] for k in runs if k.startswith('single:final/')]:
     np.testing.assert_allclose(runs[f'{mesh}:{k}'], runs[f'single:{k}'], atol=1e-5, err_msg=k)
   assert runs[f'{mesh}:accuracy'] == runs['single:accuracy']
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('rule', ['lora', 'ssf'])
+@pytest.mark.parametrize('mesh', ['data4_fsdp2', 'fsdp8'])
+def test_factored_rules_shard_like_the_single_device_run(runs, rule, mesh):
+  """LoRA and SSF through the same sharded step: the losses and the merged parameters
+  after 20 steps equal the single-device run's."""
+  np.testing.assert_allclose(
+    runs[f'{mesh}:{rule}_losses'], runs[f'single:{rule}_losses'], rtol=0, atol=1e-5
+  )
+  assert runs[f'single:{rule}_losses'][-1] < runs[f'single:{rule}_losses'][0]
+  keys = [k.split(':', 1)[1] for k in runs if k.startswith(f'single:{rule}_final/')]
+  assert len(keys) > 10
+  for k in keys:
+    np.testing.assert_allclose(runs[f'{mesh}:{k}'], runs[f'single:{k}'], atol=1e-5, err_msg=k)

@@ -399,3 +399,18 @@ def test_ks_adds_a_k_dimension_for_the_selecting_methods(tmp_path, capsys):
   points = reproduce.k_series(runs)
   assert [(p['series'], p['k'], p['mean']) for p in points] == [('a / gps', 1, 50.0), ('a / gps', 3, 60.0)]
   assert reproduce.main([*GRID, '--out', str(out), '--dry-run', '--ks', '0']) == 1
+
+
+def test_k_mean_series_averages_the_tasks_per_seed_then_the_seeds():
+  runs = [
+    {'task': t, 'method': f'gps_k{k}', 'run_method': 'gps', 'k': k, 'seed': s, 'test_accuracy': a}
+    for t, k, s, a in (
+      ('a', 1, 0, 0.5), ('b', 1, 0, 0.7), ('a', 1, 1, 0.6), ('b', 1, 1, 0.8),
+      ('a', 4, 0, 0.9), ('b', 4, 0, 0.9), ('a', 4, 1, 0.8),  # seed 1 lacks task b at K=4
+    )
+  ]  # fmt: skip
+  points = {p['k']: p for p in reproduce.k_mean_series(runs)}
+  assert points[1]['series'] == 'gps (mean of 2 tasks)'
+  assert points[1]['mean'] == pytest.approx(65.0)  # seeds: 60, 70
+  assert points[1]['std'] == pytest.approx(np.std([60, 70], ddof=1))
+  assert points[4]['mean'] == pytest.approx(90.0) and points[4]['std'] is None

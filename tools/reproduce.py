@@ -27,7 +27,8 @@ Afterwards (and with ``--report-only``, from the workdirs alone) it writes:
 * ``<out>/results.csv`` (per task × method, plus the 'mean' rows), ``<out>/paired.csv``;
 * ``<out>/plots/``: ``per_task.png``, ``accuracy_vs_share.png``, the mask of one gps
   run (``mask_<task>_gps_seed_<s>.png``) and, when a method ran with several K on one
-  task, ``accuracy_vs_k.png``.
+  task, ``accuracy_vs_k.png`` (and with several tasks ``accuracy_vs_k_mean.png``, each
+  method's mean over the tasks).
 
 ``--ks 1,4,16`` adds a K dimension: each selecting method (gps, random, magnitude) runs at
 every K in ``<out>/<task>/<method>_k<K>/seed_<s>`` (``--config.gps.k=<K>``), the others
@@ -48,6 +49,8 @@ import shlex
 import sys
 import time
 from collections.abc import Sequence
+
+import numpy as np
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:  # `python tools/reproduce.py` from anywhere
@@ -564,9 +567,13 @@ def write_plots(grid: Grid, s: rt.Summary, runs: Sequence[dict]) -> list[str]:
       )
       names.append(name)
   k_points = k_series(runs)
-  if k_points:
+  if k_points:  # one line per task and method; with several tasks also their mean
     plots.plot_accuracy_vs_k(k_points, os.path.join(pdir, 'accuracy_vs_k.png'))
     names.append('accuracy_vs_k.png')
+    mean_points = k_mean_series(runs) if len({r['task'] for r in runs}) > 1 else []
+    if mean_points:
+      plots.plot_accuracy_vs_k(mean_points, os.path.join(pdir, 'accuracy_vs_k_mean.png'))
+      names.append('accuracy_vs_k_mean.png')
   return names
 
 
@@ -586,6 +593,24 @@ def k_series(runs: Sequence[dict]) -> list[dict]:
     for k, accs in ks.items():
       mean, std = rt.mean_std(accs)
       points.append({'series': f'{task} / {method}', 'k': k, 'mean': mean, 'std': std})
+  return points
+
+
+def k_mean_series(runs: Sequence[dict]) -> list[dict]:
+  """accuracy-vs-K points of each method averaged over the tasks: per seed the mean over
+  the tasks that ran at that K, then mean ± std over the seeds that ran every task."""
+  tasks = {r['task'] for r in runs}
+  by: dict[tuple[str, int], dict[int, dict[str, float]]] = {}
+  for r in runs:
+    if r.get('k') is not None:
+      key = (r.get('run_method', r['method']), r['k'])
+      by.setdefault(key, {}).setdefault(r['seed'], {})[r['task']] = 100.0 * r['test_accuracy']
+  points = []
+  for (method, k), seeds in by.items():
+    per_seed = [np.mean(list(t.values())) for t in seeds.values() if set(t) == tasks]
+    if per_seed and sum(m == method for m, _ in by) > 1:
+      mean, std = rt.mean_std(per_seed)
+      points.append({'series': f'{method} (mean of {len(tasks)} tasks)', 'k': k, 'mean': mean, 'std': std})
   return points
 
 

@@ -100,6 +100,9 @@ def experiment_config() -> ml_collections.ConfigDict:
   # The scores are saved as <workdir>/scores.npz; a workdir here reuses its scores
   # (same backbone, roles and score source) for another K or level, without a pass.
   c.gps.scores_from = ''
+  # Write <workdir>/scores.npz after a SupCon / head-CE pass: float32 of every candidate
+  # (ViT-B/16: about 340 MB a run); False writes none (no later gps.scores_from).
+  c.gps.save_scores = True
 
   # Hyper-parameters of the other methods (used only by the method they name).
   c.lora = ml_collections.ConfigDict()

@@ -200,7 +200,7 @@ def select_indices(
       num_classes=bb.num_classes,
     )
     scores, info = selection.SCORERS[source](inputs)
-    if workdir and source in selection.DATA_SCORERS:  # score once, select many
+    if workdir and config.gps.save_scores and source in selection.DATA_SCORERS:  # score once, select many
       meta = scores_lib.make_meta(
         source=source,
         method=config.method,

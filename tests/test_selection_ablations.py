@@ -351,6 +351,12 @@ def test_a_pass_saves_its_scores(stage, saved):
       np.asarray(saved['indices'][p]), ref_neuron(saved_scores[p], r.fan_in_ndim, 1)
     )
   assert saved['info']['level'] == 'neuron' and saved['info']['entries'] == NEURONS
+  # gps.save_scores=False: the same selection, no file.
+  workdir = stage['root'] / 'unsaved'
+  indices, _, _ = select_stage(stage, stage_config(k=1, save_scores=False), str(workdir))
+  assert not (workdir / 'scores.npz').exists() and not (workdir / 'scores.json').exists()
+  for p in select:
+    np.testing.assert_array_equal(np.asarray(indices[p]), np.asarray(saved['indices'][p]))
 
 
 @pytest.mark.slow

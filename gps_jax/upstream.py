@@ -5,14 +5,18 @@ config (usually `method='full'` from a random init on a large source dataset)
 with the `name` and `cache_dir` of its cache file. Its backbone — every
 parameter but the head — is saved in the vit_jax layout, so that downstream
 runs load it through the same loader as a real ViT-B/16 checkpoint. The file
-name carries a hash of the upstream config and of ``REVISION``, so a changed
-recipe never reuses a stale file.
+name carries a hash of ``REVISION`` and of what the upstream config sets away from
+`config_defaults.upstream_config()`, so a changed recipe never reuses a stale file,
+and a key added to the defaults later (at a value that trains the same) does not
+invalidate every cache.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+from typing import Any
 
 import jax
 import ml_collections
@@ -20,18 +24,45 @@ import ml_collections
 from gps_jax import experiment
 from gps_jax import sharding as shard_lib
 from gps_jax import tree as tree_lib
+from gps_jax.config_defaults import upstream_config
 from gps_jax.metrics import say
 from gps_jax.vit_npz import save_vit_npz
 
 # Bump when a code change alters what an unchanged upstream config trains to (data
 # order, augmentation, initialisation), so that old cache files are not reused.
 # 2: the tf.data pipeline over splits (per-epoch Dataset.shuffle), jitted init.
-REVISION = 2
+# 3: the key hashes the settings that differ from the defaults (same training).
+REVISION = 3
+
+
+def _flat(tree: dict, prefix: str = '') -> dict[str, Any]:
+  """{dotted key: value} of a nested dict."""
+  out = {}
+  for k, v in tree.items():
+    if isinstance(v, dict):
+      out.update(_flat(v, f'{prefix}{k}.'))
+    else:
+      out[f'{prefix}{k}'] = v
+  return out
+
+
+def _settings(c: ml_collections.ConfigDict) -> dict[str, Any]:
+  return _flat(json.loads(c.to_json(sort_keys=True)))
+
+
+def recipe(upstream: ml_collections.ConfigDict) -> dict[str, Any]:
+  """The settings of `upstream` that differ from `upstream_config()` (cache_dir aside)."""
+  defaults = _settings(upstream_config())
+  return {
+    k: v
+    for k, v in _settings(upstream).items()
+    if k != 'cache_dir' and (k not in defaults or defaults[k] != v)
+  }
 
 
 def cache_path(upstream: ml_collections.ConfigDict) -> str:
   """Where the backbone of this upstream config is (or will be) cached."""
-  text = f'{REVISION}:{upstream.to_json(sort_keys=True)}'
+  text = f'{REVISION}:{json.dumps(recipe(upstream), sort_keys=True)}'
   key = hashlib.sha256(text.encode()).hexdigest()[:12]
   cache_dir = (
     upstream.cache_dir

@@ -62,6 +62,27 @@ def test_upstream_cache_key_follows_the_config(tmp_path):
   assert upstream.cache_path(a).startswith(str(tmp_path))
   b.train.epochs = 3
   assert upstream.cache_path(a) != upstream.cache_path(b)
+  assert upstream.recipe(b) == {'train.epochs': 3}  # what differs from the defaults
+
+
+def test_upstream_cache_key_survives_a_new_default_key(tmp_path, monkeypatch):
+  """A key added to the defaults later, at its default value, keeps every cache file;
+  set to another value it is part of the recipe."""
+  a = upstream_config()
+  a.cache_dir = str(tmp_path)
+  before = upstream.cache_path(a)
+
+  def with_new_key():
+    c = upstream_config()
+    c.train.new_knob = 'same'
+    return c
+
+  monkeypatch.setattr(upstream, 'upstream_config', with_new_key)
+  b = with_new_key()
+  b.cache_dir = str(tmp_path)
+  assert upstream.cache_path(b) == before
+  b.train.new_knob = 'other'
+  assert upstream.cache_path(b) != before
 
 
 def test_run_config_checks_the_config_before_anything_runs(tmp_path):

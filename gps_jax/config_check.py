@@ -24,6 +24,7 @@ import ml_collections
 from gps_jax import methods
 from gps_jax import optim
 from gps_jax import selection
+from gps_jax import sparse_grad
 from gps_jax.data.augment import INTERPOLATIONS
 from gps_jax.data.input_pipeline import RECIPES
 from gps_jax.data.splits import SOURCES
@@ -81,6 +82,7 @@ def _validate(c: ml_collections.ConfigDict) -> None:
     methods.get(method)
   _gps(c.gps)
   _one_of('train.update_mode', c.train.update_mode, MODES)
+  _one_of('train.sparse_grad', c.train.sparse_grad, sparse_grad.MODES)
   _one_of('optim.name', c.optim.name, optim.OPTIMIZERS)
   _one_of('optim.schedule', c.optim.schedule, optim.SCHEDULES)
   # A hand-built model config (config_defaults.vit_b16_model) may leave it to the module.

@@ -8,6 +8,7 @@ later low-rank or scale/shift rules); it never branches on which rule it holds.
 
 from __future__ import annotations
 
+import functools
 import time
 from typing import Any, Callable, Iterable, Iterator, Mapping
 
@@ -62,7 +63,7 @@ class MaskedFinetuner:
     update: Any = None,
   ):
     self.apply_fn = apply_fn
-    self.update = update if update is not None else updates.make(mode, roles, indices)
+    self.update = update if update is not None else updates.make(mode, roles, indices, config)
     self.mode = self.update.name
     self.num_classes = num_classes
     train = config.train
@@ -146,8 +147,12 @@ class MaskedFinetuner:
 
   # -- steps -----------------------------------------------------------------
   def _loss(self, trainable, frozen, aux, batch, rng):
-    params = tree_lib.unflat(self.compose(frozen, aux, trainable))
-    logits, _ = self.apply_fn({'params': params}, batch['image'], train=True, rngs={'dropout': rng})
+    forward = getattr(self.update, 'forward', None) or functools.partial(
+      updates.plain_forward, self.update
+    )
+    logits, _ = forward(
+      self.apply_fn, frozen, aux, trainable, batch['image'], train=True, rngs={'dropout': rng}
+    )
     smoothing = 0.0 if batch['label'].ndim == 2 else self.label_smoothing
     loss = cross_entropy(logits, batch['label'], self.num_classes, smoothing)
     return loss.mean(), logits

@@ -1,13 +1,17 @@
 """Update rules: how a method's trainable state is parameterised around the frozen base.
 
 The trainer (`gps_jax.trainer`) holds one rule and never asks which one it is.
-Every rule implements the same five operations on flat {path: array} dicts:
+Every rule implements the same operations on flat {path: array} dicts:
 
 * ``init(params) -> (frozen, trainable, aux)``: split the base parameters into
   the part that never enters the optimizer, the trainable state, and the
   non-trainable arrays the step needs besides them (indices, masks);
-* ``combine(frozen, aux, trainable) -> params``: the full parameters of the
-  forward pass;
+* ``combine(frozen, aux, trainable) -> params``: the full parameters (the eval
+  step's, and what a checkpoint merges to);
+* ``forward(apply_fn, frozen, aux, trainable, *args, **kwargs)``, optional: the
+  training forward pass when the rule has a cheaper one than `plain_forward`
+  (``apply_fn`` on ``combine``): the sparse rule's K-entry weight gradients
+  (`gps_jax.sparse_grad`);
 * ``optimizer(inner) -> tx``: the optimizer's view of the trainable state;
 * ``apply_gradients(tx, trainable, opt_state, grads, frozen, aux)``: one
   optimizer update, returning ``(trainable, opt_state)``;
@@ -35,9 +39,15 @@ from gps_jax import factors as factors_lib
 from gps_jax import roles as roles_lib
 from gps_jax import selection
 from gps_jax import sparse
+from gps_jax import sparse_grad
 from gps_jax import tree as tree_lib
 
 Flat = Mapping[str, jax.Array]
+
+
+def plain_forward(rule, apply_fn, frozen, aux, trainable, *args, **kwargs):
+  """The model on the rule's full parameters."""
+  return apply_fn({'params': tree_lib.unflat(rule.combine(frozen, aux, trainable))}, *args, **kwargs)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -47,11 +57,16 @@ class SparseDelta:
   The optimizer sees only the trained leaves (head, biases) and the delta values,
   so its state is a few MB for ViT-B/16; the base is a non-differentiated input.
   Weight decay acts on the effective weights (base + delta at the indices), as it
-  would on the dense parameters.
+  would on the dense parameters. `grad` (``config.train.sparse_grad``) says where
+  the training forward keeps the base kernels and adds the delta's term with its
+  K-entry weight gradient (`gps_jax.sparse_grad`): 'auto' by the measured rule,
+  'on' for every matmul-like kernel, 'off' nowhere (effective kernels, autodiff's
+  dense weight gradients). The values are the same either way.
   """
 
   roles: Any
   indices: Flat
+  grad: str = 'auto'
   name: str = 'sparse'
 
   @property
@@ -64,6 +79,15 @@ class SparseDelta:
 
   def combine(self, frozen, aux, trainable):
     return sparse.combine(frozen, aux, trainable, self.layout)
+
+  def forward(self, apply_fn, frozen, aux, trainable, *args, **kwargs):
+    if self.grad == 'off':
+      return plain_forward(self, apply_fn, frozen, aux, trainable, *args, **kwargs)
+    layout = self.layout
+    entries = {p: (aux[p], v, layout[p]) for p, v in trainable['delta'].items()}
+    params = tree_lib.unflat({**frozen, **trainable['train']})
+    out, _ = sparse_grad.forward(apply_fn, params, entries, self.grad, *args, **kwargs)
+    return out
 
   def optimizer(self, inner: optax.GradientTransformation) -> optax.GradientTransformation:
     return inner
@@ -196,16 +220,22 @@ def _ssf(roles, indices, config, seed):
 MASKED_RULES: dict[str, Callable[..., Any]] = {'sparse': SparseDelta, 'dense': DenseMasked}
 # Every rule: name -> constructor(roles, indices, config, seed). A method of
 # gps_jax.methods names its own (`Method.update`); the masked methods take update_mode's.
-def _masked(cls):
-  def build(roles, indices, config=None, seed=0):
-    del config, seed  # K and the indices say everything
-    return cls(roles, dict(indices))
+def _sparse(roles, indices, config=None, seed=0):
+  del seed  # K and the indices say everything
+  grad = 'auto' if config is None else config.train.sparse_grad
+  if grad not in sparse_grad.MODES:
+    raise ValueError(f'config.train.sparse_grad={grad!r}: use one of {", ".join(sparse_grad.MODES)}')
+  return SparseDelta(roles, dict(indices), grad=grad)
 
-  return build
+
+def _dense(roles, indices, config=None, seed=0):
+  del config, seed
+  return DenseMasked(roles, dict(indices))
 
 
 RULES: dict[str, Callable[..., Any]] = {
-  **{name: _masked(cls) for name, cls in MASKED_RULES.items()},
+  'sparse': _sparse,
+  'dense': _dense,
   'lora': _lora,
   'ssf': _ssf,
 }

@@ -22,6 +22,9 @@ from tiny import TINY, random_params, tiny_shapes
 
 K, STEPS, B = 2, 20, 8
 MESHES = {'single': None, 'data4_fsdp2': {'data': 4, 'fsdp': 2}, 'fsdp8': {'data': 1, 'fsdp': 8}}
+# GPS trains with K-entry weight gradients everywhere ('on'); 'single_off' is the same run
+# with effective kernels and autodiff's dense weight gradients.
+RUNS = {**{name: (spec, 'on') for name, spec in MESHES.items()}, 'single_off': (None, 'off')}
 
 
 def batches(seed):
@@ -43,7 +46,7 @@ def batches(seed):
   return two_view, train
 
 
-def run(mesh_spec, params, two_view, train):
+def run(mesh_spec, params, two_view, train, sparse_grad='on'):
   model = ViT(**TINY)
   mesh = None if mesh_spec is None else shard_lib.make_mesh(mesh_spec)
   roles = roles_lib.assign_roles(tree_lib.unflat(params))
@@ -56,6 +59,7 @@ def run(mesh_spec, params, two_view, train):
   # The key bias has an exactly-zero true gradient (softmax is shift-invariant): with
   # Adam's eps 1e-8 the rounding noise of any reduction order becomes full-size steps.
   cfg.optim.eps = 1e-4
+  cfg.train.sparse_grad = sparse_grad
   tuner = MaskedFinetuner(
     model.apply, roles, indices, cfg, num_classes=5, total_steps=STEPS, mesh=mesh
   )
@@ -73,6 +77,8 @@ def run(mesh_spec, params, two_view, train):
   out['accuracy'] = np.asarray(acc)
   out['num_sharded_frozen'] = np.asarray(len(sharded))
   out['devices'] = np.asarray(1 if mesh is None else mesh.size)
+  if sparse_grad == 'off':
+    return out
   for rule in ('lora', 'ssf'):  # the factored rules on the same mesh
     out.update({f'{rule}_{k}': v for k, v in factored(rule, model, params, cfg, mesh, train).items()})
   return out
@@ -100,8 +106,8 @@ def main(path):
   params = random_params(tiny_shapes())
   two_view, train = batches(0)
   results = {}
-  for name, spec in MESHES.items():
-    for k, v in run(spec, params, two_view, train).items():
+  for name, (spec, grad) in RUNS.items():
+    for k, v in run(spec, params, two_view, train, grad).items():
       results[f'{name}:{k}'] = v
   np.savez(path, **results)
 

@@ -105,7 +105,8 @@ def test_cli_rejects_unknown_method(tmp_path):
 def test_cli_on_8_simulated_devices_matches_one_device(tmp_path):
   """The same command sharded over a (data 4, fsdp 2) mesh: same mask, same delta."""
   cache = tmp_path / 'cache'
-  one = ('--config.compare_methods=()', '--config.method=gps')
+  # K-entry weight gradients ('on': the tiny model's K / fan-in is above auto's threshold).
+  one = ('--config.compare_methods=()', '--config.method=gps', '--config.train.sparse_grad=on')
   _run(tmp_path / 'one', cache, *one)
   out = _run(
     tmp_path / 'eight', cache, *one, '--config.mesh.data=4', '--config.mesh.fsdp=2',
@@ -142,7 +143,7 @@ def test_two_processes_on_localhost_match_one_process(tmp_path):
   """jax.distributed over 127.0.0.1 (gloo): each process reads its slice of every batch,
   process 0 writes; the mask and the delta equal the single-process run's."""
   cache = tmp_path / 'cache'
-  one = ('--config.compare_methods=()', '--config.method=gps')
+  one = ('--config.compare_methods=()', '--config.method=gps', '--config.train.sparse_grad=on')
   _run(tmp_path / 'one', cache, *one)
   port = _free_port()
   env = dict(os.environ, GPS_JAX_CACHE=str(cache), JAX_PLATFORMS='cpu')

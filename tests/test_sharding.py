@@ -63,6 +63,17 @@ def test_sharded_run_matches_the_single_device_run(runs, mesh):
 
 
 @pytest.mark.slow
+def test_k_entry_weight_gradients_train_like_autodiff(runs):
+  """The single-device run with K-entry weight gradients ('on', also the sharded runs')
+  against effective kernels and dense gradients ('off'): same losses, same delta."""
+  np.testing.assert_allclose(runs['single:losses'], runs['single_off:losses'], rtol=0, atol=1e-5)
+  keys = [k.split(':', 1)[1] for k in runs if k.startswith('single:final/')]
+  assert keys
+  for k in keys:
+    np.testing.assert_allclose(runs[f'single:{k}'], runs[f'single_off:{k}'], atol=1e-5, err_msg=k)
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize('rule', ['lora', 'ssf'])
 @pytest.mark.parametrize('mesh', ['data4_fsdp2', 'fsdp8'])
 def test_factored_rules_shard_like_the_single_device_run(runs, rule, mesh):

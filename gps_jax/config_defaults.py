@@ -127,10 +127,11 @@ def experiment_config() -> ml_collections.ConfigDict:
   # run trains epochs + cooldown_epochs, the lr schedule covers `epochs` only.
   c.train.cooldown_epochs = 0
   c.train.update_mode = 'sparse'  # sparse | dense
-  # sparse mode's weight gradients (gps_jax.sparse_grad): auto = K entries per neuron
-  # where the measured rule says it is cheaper than the dense kernel gradient, on = for
-  # every Dense/attention/patch-conv kernel, off = effective kernels and dense gradients.
-  c.train.sparse_grad = 'auto'
+  # sparse mode's weight gradients (gps_jax.sparse_grad): off = effective kernels and
+  # autodiff's dense weight gradients; on = K entries per neuron for every Dense /
+  # attention / patch-conv kernel (~2/3 of the step's FLOPs, but more compiled memory on
+  # XLA:CPU so far: README "K-entry weight gradients"); auto = on where K <= fan-in / 64.
+  c.train.sparse_grad = 'off'
   c.train.label_smoothing = 0.0
   c.train.mixup = 0.0  # mixup alpha (timm); 0 = off
   c.train.cutmix = 0.0  # cutmix alpha (timm); 0 = off

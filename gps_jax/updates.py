@@ -66,7 +66,7 @@ class SparseDelta:
 
   roles: Any
   indices: Flat
-  grad: str = 'auto'
+  grad: str = 'off'
   name: str = 'sparse'
 
   @property
@@ -222,7 +222,7 @@ MASKED_RULES: dict[str, Callable[..., Any]] = {'sparse': SparseDelta, 'dense': D
 # gps_jax.methods names its own (`Method.update`); the masked methods take update_mode's.
 def _sparse(roles, indices, config=None, seed=0):
   del seed  # K and the indices say everything
-  grad = 'auto' if config is None else config.train.sparse_grad
+  grad = 'off' if config is None else config.train.sparse_grad
   if grad not in sparse_grad.MODES:
     raise ValueError(f'config.train.sparse_grad={grad!r}: use one of {", ".join(sparse_grad.MODES)}')
   return SparseDelta(roles, dict(indices), grad=grad)

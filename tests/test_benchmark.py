@@ -1,0 +1,105 @@
+"""tools/benchmark.py on a tiny ViT: the facts of its method table (ratios to full, GPS's
+optimizer state, K-entry FLOPs, eval FLOPs), the rows of its per-layer sweep and its
+one-line flag errors. No timing is asserted: these machines are noisy."""
+
+import importlib.util
+import json
+import math
+import pathlib
+
+import pytest
+
+from gps_jax import sparse_grad
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+METHODS = ('full', 'gps', 'gps_dense', 'gps_autodiff', 'linear', 'bitfit', 'lora')
+# A fan-in that sparse_grad 'auto' sends K=1 down the K-entry path (K <= MAX_K_SHARE * fan-in).
+WIDTH = 64 * math.ceil(1 / (64 * sparse_grad.MAX_K_SHARE))
+TINY = [
+  '--model=vit:Ti/8', '--image-size=32', '--classes=10',
+  f'--model-override=hidden_size={WIDTH}', f'--model-override=mlp_dim={2 * WIDTH}',
+  '--model-override=num_layers=1', '--model-override=num_heads=2',
+]  # fmt: skip
+
+
+@pytest.fixture(scope='module')
+def tool():
+  spec = importlib.util.spec_from_file_location('benchmark_tool', ROOT / 'tools' / 'benchmark.py')
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def _table_rows(out: str) -> list[list[str]]:
+  """The cells of the markdown table's body rows (after the header and alignment rows)."""
+  lines = [line for line in out.splitlines() if line.startswith('| ')]
+  return [[c.strip() for c in line.strip('|').split('|')] for line in lines[2:]]
+
+
+@pytest.mark.slow
+def test_method_table_facts(tool, tmp_path, capsys):
+  path = tmp_path / 'out.json'
+  argv = [*TINY, '--steps=1', '--rounds=1', '--batch=8', '--k=1', f'--methods={",".join(METHODS)}']
+  assert tool.main([*argv, f'--json={path}']) == 0
+  out = capsys.readouterr().out
+  r = json.loads(path.read_text())
+  assert list(r) == list(METHODS)
+  for key in ('flops_ratio', 'memory_ratio', 'wall_ratio', 'opt_state_ratio', 'eval_flops_ratio'):
+    assert r['full'][key] == 1.0, key
+  for name, row in r.items():
+    m = row['memory']
+    assert row['memory_bytes'] == m['argument'] + m['temp'] + m['output'] - m['alias'] > 0, name
+    assert row['flops'] > 0 and row['wall_s'] > 0, name
+  assert r['gps']['opt_state_ratio'] < 0.1
+  assert r['gps_dense']['opt_state_ratio'] > 0.9
+  assert r['linear']['flops'] < r['full']['flops']
+  # K=1 against fan-ins >= WIDTH: 'auto' takes the K-entry path, 'off' never does, and
+  # dropping the dense weight gradients shows in XLA's FLOPs.
+  assert r['gps']['k_entry_kernels'] > 0 and r['gps_autodiff']['k_entry_kernels'] == 0
+  assert r['gps']['selected_kernels'] == r['gps_autodiff']['selected_kernels'] > 0
+  assert r['gps']['flops'] < r['gps_autodiff']['flops']
+  # After merging, every method here evaluates the plain backbone.
+  assert r['gps']['eval_flops'] == r['full']['eval_flops']
+  assert r['lora']['eval_flops'] == r['full']['eval_flops']
+  select = r['gps']['select']
+  assert select['images_per_s'] > 0
+  assert select['flops'] > r['full']['flops']  # two views per image
+  assert [row[0] for row in _table_rows(out)] == list(METHODS)
+  assert 'jax ' in out.splitlines()[0] and 'K 1' in out.splitlines()[0]
+  assert 'Selection pass' in out and ': equal.' in out
+  assert '1.00×' in out and 'random inputs per neuron' in out
+
+
+def test_layer_sweep_rows(tool, tmp_path, capsys):
+  path = tmp_path / 'layers.json'
+  argv = ['--layers', '--layer-shapes=fc=64x32', '--ks=1,2', '--tokens=16', '--steps=1']
+  assert tool.main([*argv, '--rounds=1', f'--json={path}']) == 0
+  out = capsys.readouterr().out
+  rows = _table_rows(out)
+  assert [(row[0], row[1], row[2]) for row in rows] == [('fc', '64→32', '1'), ('fc', '64→32', '2')]
+  r = json.loads(path.read_text())
+  assert [(c['k'], c['share'], c['tokens']) for c in r['rows']] == [(1, 1 / 64, 16), (2, 2 / 64, 16)]
+  for c in r['rows']:
+    assert c['dense_s'] > 0 and c['k_entry_s'] > 0
+    # No dense (fan-in, neurons) weight gradient on the K-entry path.
+    assert 0 < c['k_entry_flops'] < c['dense_flops']
+  assert r['max_k_share'] == sparse_grad.MAX_K_SHARE
+  assert 'MAX_K_SHARE' in out
+
+
+@pytest.mark.parametrize(
+  'argv, message',
+  [
+    (['--methods=full,gsp'], "--methods: unknown 'gsp'"),
+    (['--model=vit:Q/16'], "--model 'vit:Q/16': vit variants are"),
+    (['--model=resnet50'], "--model 'resnet50': use a backbone"),
+    (['--model=vit:Ti/16', '--model-override=widht=3'], "unknown ViT config keys ['widht']"),
+    (['--layers', '--layer-shapes=64by32'], "--layer-shapes '64by32'"),
+  ],
+)
+def test_bad_flags_are_one_error_line(tool, capsys, argv, message):
+  with pytest.raises(SystemExit) as exit_info:
+    tool.main(argv)
+  assert exit_info.value.code != 0
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1 and err[0].startswith('error: ') and message in err[0], err

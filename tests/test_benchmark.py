@@ -6,6 +6,7 @@ import importlib.util
 import json
 import math
 import pathlib
+import sys
 
 import pytest
 
@@ -26,6 +27,7 @@ TINY = [
 def tool():
   spec = importlib.util.spec_from_file_location('benchmark_tool', ROOT / 'tools' / 'benchmark.py')
   module = importlib.util.module_from_spec(spec)
+  sys.modules[spec.name] = module  # its dataclasses look their module up there
   spec.loader.exec_module(module)
   return module
 
@@ -78,7 +80,10 @@ def test_layer_sweep_rows(tool, tmp_path, capsys):
   rows = _table_rows(out)
   assert [(row[0], row[1], row[2]) for row in rows] == [('fc', '64→32', '1'), ('fc', '64→32', '2')]
   r = json.loads(path.read_text())
-  assert [(c['k'], c['share'], c['tokens']) for c in r['rows']] == [(1, 1 / 64, 16), (2, 2 / 64, 16)]
+  assert [(c['k'], c['share'], c['tokens']) for c in r['rows']] == [
+    (1, 1 / 64, 16),
+    (2, 2 / 64, 16),
+  ]
   for c in r['rows']:
     assert c['dense_s'] > 0 and c['k_entry_s'] > 0
     # No dense (fan-in, neurons) weight gradient on the K-entry path.

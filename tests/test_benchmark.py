@@ -13,7 +13,7 @@ import pytest
 from gps_jax import sparse_grad
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-METHODS = ('full', 'gps', 'gps_dense', 'gps_autodiff', 'linear', 'bitfit', 'lora')
+METHODS = ('full', 'gps', 'gps_dense', 'gps_kentry', 'linear', 'bitfit', 'lora')
 # A fan-in that sparse_grad 'auto' sends K=1 down the K-entry path (K <= MAX_K_SHARE * fan-in).
 WIDTH = 64 * math.ceil(1 / (64 * sparse_grad.MAX_K_SHARE))
 TINY = [
@@ -57,9 +57,9 @@ def test_method_table_facts(tool, tmp_path, capsys):
   assert r['linear']['flops'] < r['full']['flops']
   # K=1 against fan-ins >= WIDTH: 'auto' takes the K-entry path, 'off' never does, and
   # dropping the dense weight gradients shows in XLA's FLOPs.
-  assert r['gps']['k_entry_kernels'] > 0 and r['gps_autodiff']['k_entry_kernels'] == 0
-  assert r['gps']['selected_kernels'] == r['gps_autodiff']['selected_kernels'] > 0
-  assert r['gps']['flops'] < r['gps_autodiff']['flops']
+  assert r['gps_kentry']['k_entry_kernels'] > 0 and r['gps']['k_entry_kernels'] == 0
+  assert r['gps']['selected_kernels'] == r['gps_kentry']['selected_kernels'] > 0
+  assert r['gps_kentry']['flops'] < r['gps']['flops']
   # After merging, every method here evaluates the plain backbone.
   assert r['gps']['eval_flops'] == r['full']['eval_flops']
   assert r['lora']['eval_flops'] == r['full']['eval_flops']

@@ -31,9 +31,9 @@ Below the table: the selection pass (GPS's SupCon score step,
 fine-tuning's train step, timed in the same rounds. GPS's indices are K random inputs per
 neuron: the scores choose which entries train, not what a step costs.
 
-Methods: full, gps (sparse delta, config.train.sparse_grad='auto'), gps_dense (dense
-masked rule), gps_autodiff (sparse delta on effective kernels with autodiff's dense weight
-gradients: sparse_grad='off'), linear, bitfit, lora, ssf, adapter, vpt_shallow, vpt_deep.
+Methods: full, gps (sparse delta, the default config.train.sparse_grad='off': effective
+kernels, autodiff's dense weight gradients), gps_dense (dense masked rule), gps_kentry
+(sparse delta with K-entry weight gradients: sparse_grad='auto'), linear, bitfit, lora, ssf, adapter, vpt_shallow, vpt_deep.
 `full` is always measured (the ratios need it); a method whose layers the backbone family
 lacks (VPT outside ViT) is skipped with a note.
 
@@ -84,13 +84,13 @@ from gps_jax.models import registry
 MIB = 2**20
 # Table name -> (config.method, config.train.update_mode, config.train.sparse_grad).
 SETTINGS: dict[str, tuple[str, str, str]] = {
-  'full': ('full', 'sparse', 'auto'),
-  'gps': ('gps', 'sparse', 'auto'),
-  'gps_dense': ('gps', 'dense', 'auto'),
-  'gps_autodiff': ('gps', 'sparse', 'off'),
+  'full': ('full', 'sparse', 'off'),
+  'gps': ('gps', 'sparse', 'off'),
+  'gps_dense': ('gps', 'dense', 'off'),
+  'gps_kentry': ('gps', 'sparse', 'auto'),
   # The registry's own methods, each with its own rules and update rule.
   **{
-    m: (m, 'sparse', 'auto')
+    m: (m, 'sparse', 'off')
     for m in ('linear', 'bitfit', 'lora', 'ssf', 'adapter', 'vpt_shallow', 'vpt_deep')
   },
 }
@@ -280,7 +280,7 @@ def backbone(c: ml_collections.ConfigDict, classes: int, cache: dict) -> experim
 
 def random_selection(c: ml_collections.ConfigDict, bb: experiment.Backbone, cache: dict):
   """(indices, backbone with the roles after selection): K random inputs per neuron, drawn
-  once per method of the registry (gps, gps_dense and gps_autodiff share them)."""
+  once per method of the registry (gps, gps_dense and gps_kentry share them)."""
   if not roles_lib.leaves_with_role(bb.roles, 'select'):
     return {}, bb
   key = ('selection', c.method)
@@ -594,8 +594,8 @@ def render(rows: dict, args: argparse.Namespace, notes: list[str]) -> str:
     '(methods round-robin, one warm-up step each per round). Ratios are to full.',
     'Random weights; GPS indices: K random inputs per neuron (the selection scores do not '
     "change a step's cost). K-entry a/b: selected kernels on sparse_grad's K-entry path "
-    f'(MAX_K_SHARE = {_share(sparse_grad.MAX_K_SHARE)}); gps runs sparse_grad=auto, '
-    f"gps_autodiff off (the config's default: {_default_grad()}).",
+    f'(MAX_K_SHARE = {_share(sparse_grad.MAX_K_SHARE)}); gps runs sparse_grad=off '
+    f"(the config's default: {_default_grad()}), gps_kentry auto.",
     *notes,
   ]
   return '\n'.join(lines)

@@ -13,12 +13,9 @@ from gps_jax.models import convnext_config, swin_config, vit_config
 from gps_jax.models.registry import FAMILIES, Family
 from gps_jax.methods import METHODS, Method
 from gps_jax.roles import DEFAULT_FAN_IN_RULES, GPS_RULES, LeafRole, assign_roles
+from gps_jax.scoring import accumulate_scores, magnitude_scores, make_score_step, random_scores
 from gps_jax.selection import (
-  accumulate_scores,
   indices_to_mask,
-  magnitude_scores,
-  make_score_step,
-  random_scores,
   element_masks,
   select,
   select_neuron_indices,

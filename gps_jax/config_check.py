@@ -23,6 +23,7 @@ import ml_collections
 
 from gps_jax import methods
 from gps_jax import optim
+from gps_jax import scoring
 from gps_jax import selection
 from gps_jax import sparse_grad
 from gps_jax.data.augment import INTERPOLATIONS
@@ -123,7 +124,7 @@ def _gps(g: ml_collections.ConfigDict) -> None:
   scores_from path (whether it holds fitting scores is checked when they are read:
   an earlier run of the same sweep may write them)."""
   if g.score:
-    _one_of('gps.score', g.score, tuple(selection.SCORERS))
+    _one_of('gps.score', g.score, tuple(scoring.SCORERS))
   _one_of('gps.level', g.level, selection.LEVELS)
   exclude = g.exclude
   if not isinstance(exclude, (str, tuple, list)):

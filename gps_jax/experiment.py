@@ -22,6 +22,7 @@ from gps_jax import methods
 from gps_jax import metrics as metrics_lib
 from gps_jax import roles as roles_lib
 from gps_jax import scores as scores_lib
+from gps_jax import scoring
 from gps_jax import selection
 from gps_jax import sharding as shard_lib
 from gps_jax import trainer as trainer_lib
@@ -161,8 +162,8 @@ def select_indices(
   if not roles_lib.leaves_with_role(bb.roles, 'select'):
     return {}, bb.roles, {}
   source = methods.score_source(config)
-  if source not in selection.SCORERS:
-    raise ValueError(f'config.gps.score={source!r}: use one of {", ".join(selection.SCORERS)}')
+  if source not in scoring.SCORERS:
+    raise ValueError(f'config.gps.score={source!r}: use one of {", ".join(scoring.SCORERS)}')
   level, exclude, scores_from = config.gps.level, config.gps.exclude, config.gps.scores_from
   if scores_from:
     say(f'[{config.method}] selection: {source} scores from {scores_from}')
@@ -174,7 +175,7 @@ def select_indices(
     )
     info = {'scores_from': scores_lib.paths(scores_from)[0], 'pass': meta.get('selection', {})}
   else:
-    if source in selection.DATA_SCORERS:
+    if source in scoring.DATA_SCORERS:
       say(f'[{config.method}] selection: one {source} pass over {train_split.num_examples} images')
 
     def batches():
@@ -189,7 +190,7 @@ def select_indices(
         **_processes(),
       )
 
-    inputs = selection.ScoreInputs(
+    inputs = scoring.ScoreInputs(
       bb.model.apply,
       bb.params,
       bb.roles,
@@ -199,8 +200,8 @@ def select_indices(
       mesh=bb.mesh,
       num_classes=bb.num_classes,
     )
-    scores, info = selection.SCORERS[source](inputs)
-    if workdir and config.gps.save_scores and source in selection.DATA_SCORERS:  # score once, select many
+    scores, info = scoring.SCORERS[source](inputs)
+    if workdir and config.gps.save_scores and source in scoring.DATA_SCORERS:  # score once, select many
       meta = scores_lib.make_meta(
         source=source,
         method=config.method,

@@ -2,7 +2,7 @@
 
 Every method runs through the same path (`gps_jax.experiment.run`): its role
 rules give each parameter leaf a role (`gps_jax.roles`), its score source
-ranks the candidate entries of `select` leaves (`gps_jax.selection.SCORERS`),
+ranks the candidate entries of `select` leaves (`gps_jax.scoring.SCORERS`),
 and its update rule (`gps_jax.updates.RULES`) says how the trainable state is
 parameterised around the frozen base in the one trainer (`gps_jax.trainer`).
 Adding a method is adding one entry to METHODS (plus an update rule, or layers
@@ -56,7 +56,7 @@ class Method:
 
   rules: ordered (regex, role) pairs on '/'-joined leaf paths, first match wins.
   score: what ranks the entries of `select` leaves ('supcon', 'random',
-    'magnitude'; a key of `gps_jax.selection.SCORERS`); None for methods
+    'magnitude'; a key of `gps_jax.scoring.SCORERS`); None for methods
     without `select` leaves.
   update: the name of its update rule in `gps_jax.updates.RULES`; None = the
     masked rule that ``config.train.update_mode`` names.

@@ -1,6 +1,6 @@
 """Score once, select many: a run's selection scores on disk, and their reuse.
 
-A run whose score source passes over the training data (`selection.DATA_SCORERS`:
+A run whose score source passes over the training data (`scoring.DATA_SCORERS`:
 supcon, head_ce) writes, after the pass, in its workdir:
 
 * ``scores.npz``: the signed, accumulated scores of every `select` leaf of the

@@ -1,13 +1,10 @@
-"""GPS selection: gradient scores and top-K masks at the neuron, layer or net level.
+"""GPS selection: top-K masks from scores at the neuron, layer or net level.
 
-The score of a candidate weight is the signed sum, over one pass of the
-training split, of the gradient of the batch-mean SupCon loss on the
-backbone's L2-normalised pre-logits features (two augmented views of each
-image in one forward pass, model in training mode). At selection time every
-neuron keeps the K inputs with the largest |score|.
+At selection time every neuron keeps the K inputs with the largest |score|
+(the scores: `gps_jax.scoring`).
 
 The paper's ablations (Table 6, Fig. 6) change where the same budget goes
-(`select`, ``level``) and what ranks the entries (`SCORERS`):
+(`select`, ``level``):
 
 * level ``neuron`` (GPS): each neuron keeps its top-K inputs;
 * level ``layer``: each `select` tensor keeps its top K * neurons entries,
@@ -30,261 +27,18 @@ from __future__ import annotations
 import dataclasses
 import functools
 import re
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Mapping
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from gps_jax import roles as roles_lib
 from gps_jax import tree as tree_lib
 from gps_jax import sharding as shard_lib
-from gps_jax.losses import l2_normalize, supcon_loss
 
 # Where the budget of K entries per neuron goes (config.gps.level); see the module doc.
 LEVELS = ('neuron', 'layer', 'net')
-
-# The kernel of the random linear head of the 'head_ce' score is drawn from
-# N(0, HEAD_CE_STD^2) (its bias is zero): a zero head would pass no gradient back.
-HEAD_CE_STD = 0.02
-
-LossFn = Callable[[Any, jax.Array, jax.Array, jax.Array], jax.Array]
-
-
-# ----------------------------------------------------------------------------- score passes
-
-
-def _make_grad_step(loss_fn: LossFn, candidates: Iterable[str], shardings: tuple | None):
-  """A jitted `step(scores, params, batch, rng) -> (scores, loss)` that adds the gradient
-  of `loss_fn(nested params, images, labels, rng)` w.r.t. the candidates to `scores`."""
-  candidates = tuple(candidates)
-
-  def step(scores, params, batch, rng):
-    cand = {p: params[p] for p in candidates}
-    rest = {p: v for p, v in params.items() if p not in cand}
-
-    def loss(c):
-      return loss_fn(tree_lib.unflat({**rest, **c}), batch['image'], batch['label'], rng)
-
-    value, grads = jax.value_and_grad(loss)(cand)
-    scores = {p: scores[p] + grads[p].astype(scores[p].dtype) for p in candidates}
-    return scores, value
-
-  if shardings is None:
-    return jax.jit(step, donate_argnums=(0,))
-  scores_sh, params_sh, batch_sh = shardings
-  repl = shard_lib.replicated(batch_sh.mesh)
-  return jax.jit(
-    step,
-    in_shardings=(scores_sh, params_sh, batch_sh, repl),
-    out_shardings=(scores_sh, repl),
-    donate_argnums=(0,),
-  )
-
-
-def _supcon_loss(apply_fn: Callable, temperature: float) -> LossFn:
-  """SupCon on the L2-normalised features of both views of a two-view batch."""
-  # Each process contributes a view-major block [first views; second views] of its
-  # own examples, so a global batch is P such blocks, in process order.
-  blocks = jax.process_count()
-
-  def loss_fn(params, images, labels, rng):
-    _, features = apply_fn({'params': params}, images, train=True, rngs={'dropout': rng})
-    z = l2_normalize(features.astype(jnp.float32))
-    b = labels.shape[0] // blocks
-    z = jnp.swapaxes(z.reshape(blocks, 2, b, -1), 1, 2)  # (P, b, 2 views, D)
-    return supcon_loss(z.reshape(blocks * b, 2, -1), labels, temperature)
-
-  return loss_fn
-
-
-def first_views(images: jax.Array, blocks: int = 1) -> jax.Array:
-  """The first view of every image of a two-view batch of `blocks` view-major blocks
-  ([first views; second views] per process), in the order of the labels."""
-  rest = images.shape[1:]
-  b = images.shape[0] // (2 * blocks)
-  return images.reshape(blocks, 2, b, *rest)[:, 0].reshape(blocks * b, *rest)
-
-
-def random_head(rng: jax.Array, dim: int, num_classes: int) -> tuple[jax.Array, jax.Array]:
-  """(kernel (dim, classes) ~ N(0, HEAD_CE_STD^2), zero bias): the head of 'head_ce'."""
-  kernel = HEAD_CE_STD * jax.random.normal(rng, (dim, num_classes), jnp.float32)
-  return kernel, jnp.zeros((num_classes,), jnp.float32)
-
-
-def _head_ce_loss(apply_fn: Callable, num_classes: int, head_rng: jax.Array) -> LossFn:
-  """Mean cross-entropy of a random linear head on the pre-logits features of the
-  first views (the paper's Table 6c "Head+CE"); the same head for every batch."""
-  blocks = jax.process_count()
-
-  def loss_fn(params, images, labels, rng):
-    x = first_views(images, blocks)
-    _, features = apply_fn({'params': params}, x, train=True, rngs={'dropout': rng})
-    features = features.astype(jnp.float32)
-    kernel, bias = random_head(head_rng, features.shape[-1], num_classes)
-    logits = features @ kernel + bias
-    return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
-
-  return loss_fn
-
-
-def make_score_step(
-  apply_fn: Callable,
-  candidates: Iterable[str],
-  temperature: float = 0.07,
-  shardings: tuple | None = None,
-) -> Callable:
-  """Returns a jitted `step(scores, params, batch, rng) -> (scores, loss)` of SupCon.
-
-  `params` and `scores` are flat {path: array} dicts; `scores` holds the
-  candidate leaves only and its buffers are donated. `batch['image']` is
-  (2B, H, W, C) — the first B rows are the first views — and
-  `batch['label']` is (B,). `shardings` = (scores, params, batch) shardings
-  jits the step with explicit in/out shardings on their mesh.
-  """
-  return _make_grad_step(_supcon_loss(apply_fn, temperature), candidates, shardings)
-
-
-def _accumulate(
-  loss_fn: LossFn,
-  params: Mapping[str, jax.Array],
-  roles: Any,
-  batches: Iterable[Mapping[str, np.ndarray]],
-  rng: jax.Array,
-  mesh=None,
-  views: int = 2,
-) -> tuple[dict[str, jax.Array], dict[str, float]]:
-  """One pass of `loss_fn` gradients over `batches`, summed (signed) per candidate;
-  batch i gets the rng fold_in(rng, i). `views`: the images of a batch the loss uses,
-  per image of its labels (for the 'images' count)."""
-  candidates = list(roles_lib.leaves_with_role(roles, 'select'))
-  scores = {p: jnp.zeros(params[p].shape, jnp.float32) for p in candidates}
-  shardings = None
-  if mesh is not None:
-    shardings = (
-      shard_lib.tree_shardings(mesh, scores),
-      shard_lib.tree_shardings(mesh, dict(params)),
-      shard_lib.batch_sharding(mesh),
-    )
-    scores = shard_lib.put_tree(scores, shardings[0])
-    params = shard_lib.put_tree(dict(params), shardings[1])
-  step = _make_grad_step(loss_fn, candidates, shardings)
-  losses, images = [], 0
-  for i, batch in enumerate(batches):
-    if mesh is not None:  # this process's share -> global arrays over the mesh
-      batch = shard_lib.put_batch(batch, mesh)
-    scores, loss = step(scores, params, batch, jax.random.fold_in(rng, i))
-    losses.append(loss)
-    images += int(batch['image'].shape[0]) * views // 2
-  if not losses:
-    raise ValueError(
-      'the selection pass saw no batch: the training split is smaller than '
-      'one batch (batches drop the remainder); lower the batch size'
-    )
-  mean_loss = float(np.mean(jax.device_get(losses)))
-  return scores, {'batches': len(losses), 'images': images, 'loss': mean_loss}
-
-
-def accumulate_scores(
-  apply_fn: Callable,
-  params: Mapping[str, jax.Array],
-  roles: Any,
-  batches: Iterable[Mapping[str, np.ndarray]],
-  rng: jax.Array,
-  temperature: float = 0.07,
-  mesh=None,
-) -> tuple[dict[str, jax.Array], dict[str, float]]:
-  """One pass of SupCon gradients over `batches`, summed (signed) per candidate.
-
-  Returns the scores {path: array} of every `select` leaf and statistics
-  (batches, images, mean loss). With a `mesh`, the batches are split over all
-  its devices and the scores are sharded like their kernels.
-  """
-  return _accumulate(_supcon_loss(apply_fn, temperature), params, roles, batches, rng, mesh)
-
-
-def accumulate_head_ce_scores(
-  apply_fn: Callable,
-  params: Mapping[str, jax.Array],
-  roles: Any,
-  batches: Iterable[Mapping[str, np.ndarray]],
-  rng: jax.Array,
-  num_classes: int,
-  mesh=None,
-) -> tuple[dict[str, jax.Array], dict[str, float]]:
-  """One pass of cross-entropy gradients through a randomly initialised linear head
-  (the paper's "Head+CE" criterion), summed (signed) per candidate.
-
-  The same two-view batches as SupCon, of which only the first views are used
-  (one forward pass of B images per batch), model in training mode. ``rng`` is
-  split into the head's key (`random_head(key, features, num_classes)`, one head
-  for the whole pass) and the drop-path key (batch i: fold_in(key, i)). The
-  model's own head takes no part.
-  """
-  if num_classes < 1:
-    raise ValueError(f'the head_ce score needs the number of classes, got {num_classes}')
-  head_rng, drop_rng = jax.random.split(rng)
-  loss_fn = _head_ce_loss(apply_fn, int(num_classes), head_rng)
-  return _accumulate(loss_fn, params, roles, batches, drop_rng, mesh, views=1)
-
-
-def random_scores(roles: Any, rng: jax.Array) -> dict[str, jax.Array]:
-  """Uniform random scores: top-K of them is K random inputs per neuron (at the net
-  level: a uniformly random subset of the whole net)."""
-  cands = roles_lib.leaves_with_role(roles, 'select')
-  keys = jax.random.split(rng, max(len(cands), 1))
-  return {p: jax.random.uniform(k, r.shape) for k, (p, r) in zip(keys, cands.items())}
-
-
-def magnitude_scores(params: Mapping[str, jax.Array], roles: Any) -> dict[str, jax.Array]:
-  """|w| scores (the magnitude criterion of the paper's ablation)."""
-  return {p: jnp.abs(params[p]) for p in roles_lib.leaves_with_role(roles, 'select')}
-
-
-@dataclasses.dataclass(frozen=True)
-class ScoreInputs:
-  """What a score source may use: the model, its flat params and roles, an rng, the
-  two-view selection batches (a callable that starts the pass), the mesh and the
-  number of classes of the task."""
-
-  apply_fn: Callable
-  params: Mapping[str, jax.Array]
-  roles: Any
-  rng: jax.Array
-  batches: Callable[[], Iterable[Mapping[str, np.ndarray]]]
-  temperature: float = 0.07
-  mesh: Any = None
-  num_classes: int = 0
-
-
-def _supcon(x: ScoreInputs):
-  return accumulate_scores(
-    x.apply_fn, x.params, x.roles, x.batches(), x.rng, temperature=x.temperature, mesh=x.mesh
-  )
-
-
-def _head_ce(x: ScoreInputs):
-  scores, info = accumulate_head_ce_scores(
-    x.apply_fn, x.params, x.roles, x.batches(), x.rng, x.num_classes, mesh=x.mesh
-  )
-  return scores, {**info, 'head': f'random linear, N(0, {HEAD_CE_STD}^2), first views'}
-
-
-# Score sources by name (a method's `score`, or config.gps.score): inputs -> (scores, info).
-SCORERS: dict[str, Callable[[ScoreInputs], tuple[dict, dict]]] = {
-  'supcon': _supcon,
-  'head_ce': _head_ce,
-  'random': lambda x: (random_scores(x.roles, x.rng), {}),
-  'magnitude': lambda x: (magnitude_scores(x.params, x.roles), {}),
-}
-
-# The sources that pass over the training data: a run saves their scores for reuse
-# (config.gps.scores_from); the others cost less to recompute than to store.
-DATA_SCORERS = ('supcon', 'head_ce')
-
-
-# ----------------------------------------------------------------------------- selection
 
 
 @functools.partial(jax.jit, static_argnames=('fan_in_ndim', 'k'))

@@ -12,6 +12,7 @@ from gps_jax import methods
 from gps_jax import roles as roles_lib
 from gps_jax import updates
 from gps_jax import tree as tree_lib
+from gps_jax import scoring
 from gps_jax import selection
 from gps_jax import sharding as shard_lib
 from gps_jax.config_defaults import experiment_config
@@ -50,7 +51,7 @@ def run(mesh_spec, params, two_view, train, sparse_grad='on'):
   model = ViT(**TINY)
   mesh = None if mesh_spec is None else shard_lib.make_mesh(mesh_spec)
   roles = roles_lib.assign_roles(tree_lib.unflat(params))
-  scores, _ = selection.accumulate_scores(
+  scores, _ = scoring.accumulate_scores(
     model.apply, params, roles, two_view, jax.random.PRNGKey(0), mesh=mesh
   )
   indices = selection.select_neuron_indices(scores, K, roles)

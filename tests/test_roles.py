@@ -146,7 +146,7 @@ def test_gps_rules_freeze_relative_position_tables_and_train_gammas():
 def test_method_registry_is_the_one_source_of_methods():
   """Every method is one registry entry: its rules assign roles on the tiny ViT, its score
   source is a registered scorer, and an unknown name is refused naming the known ones."""
-  from gps_jax import selection
+  from gps_jax import scoring
   from gps_jax import updates
 
   shapes = tiny_shapes()
@@ -155,7 +155,7 @@ def test_method_registry_is_the_one_source_of_methods():
     has_select = any(r.role == 'select' for r in flat.values())
     # A method selects entries exactly when it names a score source to rank them by.
     assert has_select == (method.score is not None), name
-    assert method.score is None or method.score in selection.SCORERS, name
+    assert method.score is None or method.score in scoring.SCORERS, name
     assert method.update is None or method.update in updates.RULES, name
   with pytest.raises(ValueError, match="config.method='dora'.*gps, random.*lora, ssf"):
     methods.get('dora')

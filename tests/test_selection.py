@@ -1,4 +1,5 @@
-"""Tests of gps_jax.selection against hand-written tables and NumPy references."""
+"""Tests of gps_jax.selection and gps_jax.scoring against hand-written tables and NumPy
+references."""
 
 import jax
 import jax.numpy as jnp
@@ -7,6 +8,7 @@ import pytest
 
 from gps_jax import roles as roles_lib
 from gps_jax import tree as tree_lib
+from gps_jax import scoring
 from gps_jax import selection
 from gps_jax.models import ViT
 
@@ -157,8 +159,8 @@ def tiny():
 def test_random_scores(tiny):
   _, _, roles = tiny
   select = roles_lib.leaves_with_role(roles, 'select')
-  s1 = selection.random_scores(roles, jax.random.PRNGKey(1))
-  s2 = selection.random_scores(roles, jax.random.PRNGKey(2))
+  s1 = scoring.random_scores(roles, jax.random.PRNGKey(1))
+  s2 = scoring.random_scores(roles, jax.random.PRNGKey(2))
   assert set(s1) == set(select)
   k = 2
   i1, _ = selection.select_neuron_topk(s1, k, roles)
@@ -176,7 +178,7 @@ def test_random_scores(tiny):
     np.testing.assert_array_equal(a, ref_topk(np.asarray(s1[p]), r.fan_in_ndim, k)[0])
   assert differ == len(select)  # another seed, another selection in every leaf
   # Same seed, same scores.
-  s1b = selection.random_scores(roles, jax.random.PRNGKey(1))
+  s1b = scoring.random_scores(roles, jax.random.PRNGKey(1))
   for p in select:
     np.testing.assert_array_equal(np.asarray(s1[p]), np.asarray(s1b[p]))
 
@@ -184,7 +186,7 @@ def test_random_scores(tiny):
 def test_magnitude_scores(tiny):
   _, flat, roles = tiny
   select = roles_lib.leaves_with_role(roles, 'select')
-  scores = selection.magnitude_scores(flat, roles)
+  scores = scoring.magnitude_scores(flat, roles)
   assert set(scores) == set(select)
   for p in select:
     np.testing.assert_array_equal(np.asarray(scores[p]), np.abs(flat[p]))
@@ -229,7 +231,7 @@ def test_accumulate_scores_is_sum_of_batch_gradients(tiny):
   batches = make_batches(3, 4, seed=3)
   rng = jax.random.PRNGKey(7)
   params = {p: jnp.asarray(v) for p, v in flat.items()}
-  scores, stats = selection.accumulate_scores(
+  scores, stats = scoring.accumulate_scores(
     model.apply, params, roles, iter(batches), rng, temperature=tau
   )
   select = roles_lib.leaves_with_role(roles, 'select')
@@ -280,7 +282,7 @@ def test_accumulate_scores_is_sum_of_batch_gradients(tiny):
 def test_accumulate_scores_empty_pass_raises(tiny):
   model, flat, roles = tiny
   with pytest.raises(ValueError, match='no batch'):
-    selection.accumulate_scores(model.apply, flat, roles, iter([]), jax.random.PRNGKey(0))
+    scoring.accumulate_scores(model.apply, flat, roles, iter([]), jax.random.PRNGKey(0))
 
 
 def test_scores_stay_float32_under_bfloat16_compute(tiny):
@@ -294,7 +296,7 @@ def test_scores_stay_float32_under_bfloat16_compute(tiny):
   picked = {}
   for dtype in (jnp.float32, jnp.bfloat16):
     model = ViT(**TINY, drop_path_rate=0.3, dtype=dtype)
-    scores, _ = selection.accumulate_scores(model.apply, params, roles, iter(batches), rng)
+    scores, _ = scoring.accumulate_scores(model.apply, params, roles, iter(batches), rng)
     assert all(s.dtype == jnp.float32 for s in scores.values())
     picked[dtype] = selection.select_neuron_indices(scores, 1, roles)
   same = sum(int((picked[jnp.float32][p] == picked[jnp.bfloat16][p]).sum()) for p in picked[jnp.float32])

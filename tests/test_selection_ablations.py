@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from tiny import TINY, random_params, tiny_shapes
 
-from gps_jax import config_check, experiment, mask_stats, selection
+from gps_jax import config_check, experiment, mask_stats, scoring, selection
 from gps_jax import delta as delta_lib
 from gps_jax import roles as roles_lib
 from gps_jax import scores as scores_lib
@@ -246,8 +246,8 @@ def test_head_ce_scores_are_the_gradient_through_a_random_head(tiny):
   }
   key = jax.random.PRNGKey(11)
   flat = {p: jnp.asarray(v) for p, v in params.items()}
-  x = selection.ScoreInputs(model.apply, flat, roles, key, lambda: [batch], num_classes=5)
-  got, info = selection.SCORERS['head_ce'](x)
+  x = scoring.ScoreInputs(model.apply, flat, roles, key, lambda: [batch], num_classes=5)
+  got, info = scoring.SCORERS['head_ce'](x)
   assert set(got) == set(select) and info['batches'] == 1 and info['images'] == b
 
   # By hand: a N(0, 0.02^2) head from the first half of the key, drop-path from the second
@@ -266,7 +266,7 @@ def test_head_ce_scores_are_the_gradient_through_a_random_head(tiny):
     return -jnp.mean(logp[jnp.arange(b), batch['label']])
 
   want = jax.jit(jax.grad(ce))(flat)
-  supcon, _ = selection.accumulate_scores(model.apply, flat, roles, [batch], key)
+  supcon, _ = scoring.accumulate_scores(model.apply, flat, roles, [batch], key)
   for p in select:
     scale = float(np.abs(want[p]).max())
     assert scale > 0, p

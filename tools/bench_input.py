@@ -42,6 +42,7 @@ from gps_jax import errors
 from gps_jax import methods
 from gps_jax import roles as roles_lib
 from gps_jax import tree as tree_lib
+from gps_jax import scoring
 from gps_jax import selection
 from gps_jax import trainer as trainer_lib
 from gps_jax.data import input_pipeline as pipeline
@@ -114,7 +115,7 @@ def main(argv):
     params, methods.METHODS['gps'].rules, roles_lib.DEFAULT_FAN_IN_RULES
   )
   indices = selection.select_neuron_indices(
-    selection.random_scores(roles, jax.random.PRNGKey(1)), config.gps.k, roles
+    scoring.random_scores(roles, jax.random.PRNGKey(1)), config.gps.k, roles
   )
   tuner = trainer_lib.MaskedFinetuner(
     model.apply, roles, indices, config, num_classes=num_classes, total_steps=1000

@@ -1,4 +1,4 @@
-"""tools/reproduce.py, gps_jax.results_table and gps_jax.paper_results.
+"""tools/reproduce.py, gps_jax.results_table, gps_jax.results_format and gps_jax.paper_results.
 
 One real grid (2 tasks × 2 methods × 2 seeds of tests/tiny_suite_config.py, seconds each)
 checks running, skipping finished cells, resuming an interrupted one and the tables
@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from gps_jax import paper_results as pr
+from gps_jax import results_format as rf
 from gps_jax import results_table as rt
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -271,11 +272,11 @@ def test_report_only_on_vtab_shows_the_paper_beside_ours(tmp_path, capsys):
 
 
 def test_paper_mean_is_the_printed_one_when_every_task_ran():
-  vtab = rt.Paper('vtab')
+  vtab = rf.Paper('vtab')
   assert vtab.mean('gps', pr.VTAB_TASKS) == (75.18, False)
   assert vtab.mean('gps', ['cifar100', 'dtd']) == (round((81.1 + 75.8) / 2, 2), True)
   assert vtab.mean('random', ['cifar100']) == (None, True)
-  fgvc = rt.Paper('fgvc', 'swin_b')
+  fgvc = rf.Paper('fgvc', 'swin_b')
   assert fgvc.mean('gps', pr.FGVC_TASKS) == (92.56, False)  # Table 4
   assert fgvc.mean('gps', ['cub']) == (None, True)  # Table 4 has no per-data-set numbers
 
@@ -285,7 +286,7 @@ def test_one_seed_has_no_std_and_an_incomplete_method_no_mean(tmp_path):
   _fake_run(tmp_path, 'b', 'gps', 0, 0.7, 1.0)
   _fake_run(tmp_path, 'a', 'linear', 0, 0.4, 0.5)
   s = rt.summarize(rt.load_runs(str(tmp_path)), methods=['gps', 'linear'])
-  md = rt.format_markdown(s)
+  md = rf.format_markdown(s)
   assert '| a | 50.00 ± – | 40.00 ± – |' in md and '| b | 70.00 ± – | – |' in md
   assert '| **mean** | 60.00 ± – | incomplete |' in md
   (p,) = s.paired

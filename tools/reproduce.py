@@ -57,6 +57,7 @@ if REPO not in sys.path:  # `python tools/reproduce.py` from anywhere
   sys.path.insert(0, REPO)
 
 from gps_jax import errors
+from gps_jax import results_format as rf
 from gps_jax import results_table as rt
 from gps_jax.errors import UserError
 
@@ -229,7 +230,7 @@ class Grid:
   options: list[str]
   overrides: list[tuple[str, str]]
   out: str
-  paper: rt.Paper | None
+  paper: rf.Paper | None
 
   def task_arg(self, task: str) -> str:
     parts = ([] if self.suite.single_task else [task]) + self.options
@@ -323,7 +324,7 @@ def make_grid(args) -> Grid:
   else:
     benchmark = None if args.paper == 'none' else args.paper
   backbone = next((o for o in options if o in BACKBONE_OPTIONS), 'vit_b16')
-  paper = rt.Paper(benchmark, backbone) if benchmark else None
+  paper = rf.Paper(benchmark, backbone) if benchmark else None
   return Grid(
     suite=suite,
     config_path=path,
@@ -515,15 +516,15 @@ def report(grid: Grid, args, make_plots: bool = True) -> rt.Summary | None:
   order += [m for m in found if m not in order]
   summary = rt.summarize(runs, tasks=present_tasks, methods=order, reference=args.reference)
   title = f'Results: {grid.suite.name}' + (f' ({",".join(grid.options)})' if grid.options else '')
-  md = rt.format_markdown(summary, title=title, paper=grid.paper)
+  md = rf.format_markdown(summary, title=title, paper=grid.paper)
   from gps_jax import files
 
   os.makedirs(grid.out, exist_ok=True)
   files.write_atomic(os.path.join(grid.out, 'results.md'), lambda f: f.write(md), binary=False)
-  rt.write_csv(
-    os.path.join(grid.out, 'results.csv'), rt.csv_rows(summary, grid.paper), rt.CSV_FIELDS
+  rf.write_csv(
+    os.path.join(grid.out, 'results.csv'), rf.csv_rows(summary, grid.paper), rf.CSV_FIELDS
   )
-  rt.write_csv(os.path.join(grid.out, 'paired.csv'), rt.paired_rows(summary), rt.PAIRED_FIELDS)
+  rf.write_csv(os.path.join(grid.out, 'paired.csv'), rf.paired_rows(summary), rf.PAIRED_FIELDS)
   written = ['results.md', 'results.csv', 'paired.csv']
   if make_plots:
     written += [os.path.join('plots', p) for p in write_plots(grid, summary, runs)]

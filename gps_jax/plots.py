@@ -16,7 +16,7 @@ baselines. Figures have a fixed size in inches at `DPI` (no tight bounding box),
 PNG's pixel size is known in advance: `figure_size_px`.
 
 Pure functions of their inputs; matplotlib is imported here only (the figures never need
-a display). ``tools/reproduce.py`` writes them for a grid of runs.
+a display). `gps_jax.results_report` writes them for a grid of runs (``tools/reproduce.py``).
 """
 
 from __future__ import annotations

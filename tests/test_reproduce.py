@@ -18,6 +18,7 @@ import pytest
 
 from gps_jax import paper_results as pr
 from gps_jax import results_format as rf
+from gps_jax import results_report
 from gps_jax import results_table as rt
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -299,7 +300,7 @@ def test_accuracy_vs_k_is_drawn_when_a_method_ran_with_several_k(tmp_path):
     {'task': 't', 'method': 'gps', 'k': k, 'test_accuracy': a}
     for k, a in ((1, 0.5), (1, 0.6), (2, 0.7), (4, 0.65))
   ] + [{'task': 't', 'method': 'linear', 'k': None, 'test_accuracy': 0.3}]
-  points = reproduce.k_series(runs)
+  points = results_report.k_series(runs)
   assert [(p['k'], round(p['mean'], 6)) for p in points] == [(1, 55.0), (2, 70.0), (4, 65.0)]
   assert points[0]['std'] == pytest.approx(np.std([50, 60], ddof=1)) and points[1]['std'] is None
 
@@ -397,7 +398,7 @@ def test_ks_adds_a_k_dimension_for_the_selecting_methods(tmp_path, capsys):
     d.write_text(json.dumps(r))
   runs = rt.load_runs(str(tmp_path / 'k'))
   assert {r['method'] for r in runs} == {'gps_k1', 'gps_k3', 'random_k3'}  # table columns
-  points = reproduce.k_series(runs)
+  points = results_report.k_series(runs)
   assert [(p['series'], p['k'], p['mean']) for p in points] == [('a / gps', 1, 50.0), ('a / gps', 3, 60.0)]
   assert reproduce.main([*GRID, '--out', str(out), '--dry-run', '--ks', '0']) == 1
 
@@ -410,7 +411,7 @@ def test_k_mean_series_averages_the_tasks_per_seed_then_the_seeds():
       ('a', 4, 0, 0.9), ('b', 4, 0, 0.9), ('a', 4, 1, 0.8),  # seed 1 lacks task b at K=4
     )
   ]  # fmt: skip
-  points = {p['k']: p for p in reproduce.k_mean_series(runs)}
+  points = {p['k']: p for p in results_report.k_mean_series(runs)}
   assert points[1]['series'] == 'gps (mean of 2 tasks)'
   assert points[1]['mean'] == pytest.approx(65.0)  # seeds: 60, 70
   assert points[1]['std'] == pytest.approx(np.std([60, 70], ddof=1))

@@ -50,14 +50,13 @@ import sys
 import time
 from collections.abc import Sequence
 
-import numpy as np
-
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:  # `python tools/reproduce.py` from anywhere
   sys.path.insert(0, REPO)
 
 from gps_jax import errors
 from gps_jax import results_format as rf
+from gps_jax import results_report
 from gps_jax import results_table as rt
 from gps_jax.errors import UserError
 
@@ -499,120 +498,32 @@ def run_grid(grid: Grid, dry_run: bool = False) -> Outcome:
 
 
 def report(grid: Grid, args, make_plots: bool = True) -> rt.Summary | None:
-  """results.md, results.csv, paired.csv and plots/ from every finished cell under --out.
+  """results.md, results.csv, paired.csv and plots/ from every finished cell under --out
+  (`gps_jax.results_report`), printed.
 
   The report covers the suite's tasks (all of them, or --tasks), the methods (--methods,
   else every method folder found) and the seeds (--seeds, else every seed found).
   """
   methods = [label for label, _, _ in method_cells(grid)] if _split(args.methods) else None
   tasks = _split(args.tasks) or grid.all_tasks
-  runs = rt.load_runs(grid.out, tasks=tasks, methods=methods, seeds=grid.seeds)
-  if not runs:
+  title = f'Results: {grid.suite.name}' + (f' ({",".join(grid.options)})' if grid.options else '')
+  done = results_report.write_report(
+    grid.out,
+    tasks,
+    methods,
+    grid.seeds,
+    args.reference,
+    title,
+    paper=grid.paper,
+    preferred=DEFAULT_METHODS,
+    make_plots=make_plots,
+  )
+  if done is None:
     print(f'[reproduce] no finished runs under {grid.out}: no report')
     return None
-  present_tasks = [t for t in tasks if any(r['task'] == t for r in runs)]
-  found = list(dict.fromkeys(r['method'] for r in runs))
-  order = [m for m in (methods or DEFAULT_METHODS) if m in found]
-  order += [m for m in found if m not in order]
-  summary = rt.summarize(runs, tasks=present_tasks, methods=order, reference=args.reference)
-  title = f'Results: {grid.suite.name}' + (f' ({",".join(grid.options)})' if grid.options else '')
-  md = rf.format_markdown(summary, title=title, paper=grid.paper)
-  from gps_jax import files
-
-  os.makedirs(grid.out, exist_ok=True)
-  files.write_atomic(os.path.join(grid.out, 'results.md'), lambda f: f.write(md), binary=False)
-  rf.write_csv(
-    os.path.join(grid.out, 'results.csv'), rf.csv_rows(summary, grid.paper), rf.CSV_FIELDS
-  )
-  rf.write_csv(os.path.join(grid.out, 'paired.csv'), rf.paired_rows(summary), rf.PAIRED_FIELDS)
-  written = ['results.md', 'results.csv', 'paired.csv']
-  if make_plots:
-    written += [os.path.join('plots', p) for p in write_plots(grid, summary, runs)]
-  print(md)
-  print(f'[reproduce] wrote {", ".join(written)} under {grid.out}')
-  return summary
-
-
-def write_plots(grid: Grid, s: rt.Summary, runs: Sequence[dict]) -> list[str]:
-  import json
-
-  try:
-    from gps_jax import plots
-  except ImportError as e:  # the tables are written already
-    raise UserError(
-      f'the plots need matplotlib ({e}): pip install matplotlib, or --no-plots'
-    ) from None
-
-  pdir = os.path.join(grid.out, 'plots')
-  names = []
-  values = {key: (c.mean, c.std) for key, c in s.cells.items()}
-  plots.plot_per_task(s.tasks, s.methods, values, os.path.join(pdir, 'per_task.png'))
-  names.append('per_task.png')
-  points = [
-    {'method': m, 'share_pct': mm.share_pct, 'mean': mm.mean, 'std': mm.std}
-    for m, mm in s.means.items()
-    if mm.complete and mm.mean is not None
-  ]
-  plots.plot_accuracy_vs_share(points, os.path.join(pdir, 'accuracy_vs_share.png'))
-  names.append('accuracy_vs_share.png')
-  ref = [r for r in runs if r['method'] == s.reference]
-  if ref:
-    r = ref[0]
-    path = os.path.join(r['workdir'], 'mask_stats.json')
-    if os.path.isfile(path):
-      with open(path) as f:
-        stats = json.load(f)
-      name = f'mask_{r["task"]}_{r["method"]}_seed_{r["seed"]}.png'
-      plots.plot_mask_shares(
-        stats, os.path.join(pdir, name), title=f'{r["task"]} / {r["method"]} / seed {r["seed"]}'
-      )
-      names.append(name)
-  k_points = k_series(runs)
-  if k_points:  # one line per task and method; with several tasks also their mean
-    plots.plot_accuracy_vs_k(k_points, os.path.join(pdir, 'accuracy_vs_k.png'))
-    names.append('accuracy_vs_k.png')
-    mean_points = k_mean_series(runs) if len({r['task'] for r in runs}) > 1 else []
-    if mean_points:
-      plots.plot_accuracy_vs_k(mean_points, os.path.join(pdir, 'accuracy_vs_k_mean.png'))
-      names.append('accuracy_vs_k_mean.png')
-  return names
-
-
-def k_series(runs: Sequence[dict]) -> list[dict]:
-  """accuracy-vs-K points of every (task, method) that ran with two or more K (the
-  method of the run, whatever its folder: --ks puts each K in its own)."""
-  by: dict[tuple[str, str], dict[int, list[float]]] = {}
-  for r in runs:
-    if r.get('k') is not None:
-      by.setdefault((r['task'], r.get('run_method', r['method'])), {}).setdefault(r['k'], []).append(
-        100.0 * r['test_accuracy']
-      )
-  points = []
-  for (task, method), ks in by.items():
-    if len(ks) < 2:
-      continue
-    for k, accs in ks.items():
-      mean, std = rt.mean_std(accs)
-      points.append({'series': f'{task} / {method}', 'k': k, 'mean': mean, 'std': std})
-  return points
-
-
-def k_mean_series(runs: Sequence[dict]) -> list[dict]:
-  """accuracy-vs-K points of each method averaged over the tasks: per seed the mean over
-  the tasks that ran at that K, then mean ± std over the seeds that ran every task."""
-  tasks = {r['task'] for r in runs}
-  by: dict[tuple[str, int], dict[int, dict[str, float]]] = {}
-  for r in runs:
-    if r.get('k') is not None:
-      key = (r.get('run_method', r['method']), r['k'])
-      by.setdefault(key, {}).setdefault(r['seed'], {})[r['task']] = 100.0 * r['test_accuracy']
-  points = []
-  for (method, k), seeds in by.items():
-    per_seed = [np.mean(list(t.values())) for t in seeds.values() if set(t) == tasks]
-    if per_seed and sum(m == method for m, _ in by) > 1:
-      mean, std = rt.mean_std(per_seed)
-      points.append({'series': f'{method} (mean of {len(tasks)} tasks)', 'k': k, 'mean': mean, 'std': std})
-  return points
+  print(done.markdown)
+  print(f'[reproduce] wrote {", ".join(done.written)} under {grid.out}')
+  return done.summary
 
 
 # ----------------------------------------------------------------------------- main

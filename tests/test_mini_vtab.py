@@ -1,4 +1,5 @@
-"""Tests of the mini-VTAB suite: generators, splits, sources and configs/mini_vtab.py."""
+"""Tests of the mini-VTAB suite: generators, shape rendering, splits, sources and
+configs/mini_vtab.py."""
 
 import importlib.util
 import os
@@ -7,6 +8,7 @@ import numpy as np
 import pytest
 
 from gps_jax.data import mini_vtab as mv
+from gps_jax.data import shapes
 from gps_jax.data import sources
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -17,7 +19,7 @@ needs_fashion = pytest.mark.skipif(
 needs_sklearn = pytest.mark.skipif(
   importlib.util.find_spec('sklearn') is None, reason='scikit-learn not installed'
 )
-CENTRES = np.arange(mv.SIZE) + 0.5  # pixel i covers [i, i + 1)
+CENTRES = np.arange(shapes.SIZE) + 0.5  # pixel i covers [i, i + 1)
 N = 240  # images per generator test
 
 
@@ -120,16 +122,16 @@ def test_generators_are_deterministic(gen):
 
 
 def test_render_anti_aliases_and_shapes_differ():
-  sq = mv.render([dict(kind='square', cx=14, cy=14, radius=4.3, angle=0.3, intensity=1.0)])
-  el = mv.render([dict(kind='ellipse', cx=14, cy=14, radius=4.3, angle=0.3, intensity=1.0)])
-  tr = mv.render([dict(kind='triangle', cx=14, cy=14, radius=4.3, angle=0.3, intensity=1.0)])
+  sq = shapes.render([dict(kind='square', cx=14, cy=14, radius=4.3, angle=0.3, intensity=1.0)])
+  el = shapes.render([dict(kind='ellipse', cx=14, cy=14, radius=4.3, angle=0.3, intensity=1.0)])
+  tr = shapes.render([dict(kind='triangle', cx=14, cy=14, radius=4.3, angle=0.3, intensity=1.0)])
   for im in (sq, el, tr):
     assert ((im > 0) & (im < 255)).any() and (im == 255).any()  # edge pixels in between
   # areas: square (2r)^2, disc pi r^2, equilateral triangle of circumradius r
   r = 4.3
   for im, area in ((sq, 4 * r * r), (el, np.pi * r * r), (tr, 3 * np.sqrt(3) / 4 * r * r)):
     assert im.sum() / 255 == pytest.approx(area, rel=0.03)
-  half = mv.render([dict(kind='ellipse', cx=14, cy=14, radius=4.3, angle=0, intensity=0.5)])
+  half = shapes.render([dict(kind='ellipse', cx=14, cy=14, radius=4.3, angle=0, intensity=0.5)])
   assert half.max() == 128
 
 

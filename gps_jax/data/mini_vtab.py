@@ -15,10 +15,11 @@ Natural tasks (real images, never the upstream's training images):
   of the 28×28 canvas (a domain shift the upstream never saw), labelled with a
   regrouping of the 10 classes into 4 (:data:`FASHION_GROUPS`).
 
-Structured tasks, drawn with NumPy only (anti-aliased by 4×4 supersampling),
-in the spirit of VTAB's dSprites / CLEVR: each generator draws the label
-first, then drawing parameters consistent with it (so classes are balanced),
-and returns ``(images, labels, params)``; the labels follow from ``params``.
+Structured tasks, drawn with NumPy only (anti-aliased by 4×4 supersampling:
+`gps_jax.data.shapes`), in the spirit of VTAB's dSprites / CLEVR: each
+generator draws the label first, then drawing parameters consistent with it
+(so classes are balanced), and returns ``(images, labels, params)``; the
+labels follow from ``params``.
 
 * ``dsprites_loc``: one shape (square / ellipse / triangle, random size,
   rotation, intensity, y); label = x of its centre in 8 bins.
@@ -38,8 +39,9 @@ from collections.abc import Callable
 
 import numpy as np
 
-SIZE = 28
-SUPERSAMPLE = 4
+from gps_jax.data import shapes
+from gps_jax.data.shapes import SHAPES, SIZE
+
 TRAIN, VAL = 800, 200
 NUM_TEST = 2000  # the generated tasks' pool is TRAIN + VAL + NUM_TEST
 
@@ -76,85 +78,6 @@ DIST_BINS = ((10.0, 13.0), (15.5, 18.5), (21.0, 25.0))
 # 2 * sqrt(2) px, so no pixel that one object touches is an 8-neighbour of one that
 # the other touches, and the objects are separate 8-connected blobs.
 MIN_GAP = 3.0
-SHAPES = ('square', 'ellipse', 'triangle')
-
-
-# ----------------------------------------------------------------------------- rendering
-
-
-def _grid(size: int = SIZE, ss: int = SUPERSAMPLE) -> tuple[np.ndarray, np.ndarray]:
-  """Sub-pixel centres (y, x) of a size×size image supersampled ss×ss."""
-  c = (np.arange(size * ss) + 0.5) / ss
-  return np.meshgrid(c, c, indexing='ij')
-
-
-def shape_mask(kind: str, cx, cy, radius, angle, aspect=1.0, grid=None) -> np.ndarray:
-  """Boolean supersampled mask of one shape centred at (cx, cy).
-
-  ``radius``: the half length along the shape's axis (circumradius of the
-  triangle, whose centre is its centroid); ``aspect`` >= 1 shrinks the other
-  axis of 'square' (then a bar) and 'ellipse'; ``angle`` (radians) rotates the
-  axis counter-clockwise from +x in image coordinates (y down).
-  """
-  yy, xx = grid if grid is not None else _grid()
-  dx, dy = xx - cx, yy - cy
-  c, s = np.cos(angle), np.sin(angle)
-  u = c * dx - s * dy  # along the axis (angle measured with y pointing up)
-  v = s * dx + c * dy
-  if kind == 'square':
-    return (np.abs(u) <= radius) & (np.abs(v) <= radius / aspect)
-  if kind == 'ellipse':
-    return (u / radius) ** 2 + (v * aspect / radius) ** 2 <= 1.0
-  if kind == 'triangle':
-    inside = np.ones_like(u, bool)
-    for k in range(3):
-      a = np.pi + 2 * np.pi * k / 3  # edge normals; a vertex lies on +u
-      inside &= np.cos(a) * u + np.sin(a) * v <= radius / 2
-    return inside
-  raise ValueError(f'unknown shape {kind!r}; valid: {SHAPES}')
-
-
-def _downsample(canvas: np.ndarray, ss: int = SUPERSAMPLE) -> np.ndarray:
-  h, w = canvas.shape[0] // ss, canvas.shape[1] // ss
-  return canvas.reshape(h, ss, w, ss).mean(axis=(1, 3))
-
-
-def _render_each(params: dict, kinds: tuple, grid) -> np.ndarray:
-  """(n, 28, 28) images of one shape each: image i draws kinds[params['kind'][i]] with
-  the i-th value of every other parameter."""
-  n = len(params['kind'])
-  objects = [
-    {**{k: v[i] for k, v in params.items() if k != 'kind'}, 'kind': kinds[params['kind'][i]]}
-    for i in range(n)
-  ]
-  return np.stack([render([o], grid) for o in objects])
-
-
-def render(objects: list[dict], grid=None) -> np.ndarray:
-  """uint8 (28, 28) image of shapes on black: each object a dict of shape_mask's
-  arguments plus ``intensity`` in (0, 1]; overlaps take the maximum.
-
-  Each shape is evaluated on the sub-pixels of the whole pixels around it only.
-  """
-  grid = grid if grid is not None else _grid()
-  ss = grid[0].shape[0] // SIZE
-  canvas = np.zeros(grid[0].shape, np.float32)
-  for o in objects:
-    kw = {k: v for k, v in o.items() if k != 'intensity'}
-    ext = _shape_extent(o['kind'], o['radius'], o.get('aspect', 1.0)) + 1.0
-    x0, x1 = (int(np.clip(np.floor(o['cx'] + d * ext), 0, SIZE)) for d in (-1, 1))
-    y0, y1 = (int(np.clip(np.floor(o['cy'] + d * ext), 0, SIZE)) for d in (-1, 1))
-    box = np.s_[y0 * ss : (y1 + 1) * ss, x0 * ss : (x1 + 1) * ss]
-    mask = shape_mask(grid=(grid[0][box], grid[1][box]), **kw)
-    canvas[box] = np.maximum(canvas[box], mask * np.float32(o['intensity']))
-  return np.round(_downsample(canvas) * 255).astype(np.uint8)
-
-
-def _shape_extent(kind: str, radius: float, aspect: float = 1.0) -> float:
-  """Radius of a disc around the centre that contains the shape at any angle."""
-  if kind == 'square':
-    return float(radius * np.hypot(1.0, 1.0 / aspect))
-  return float(radius)  # ellipse: semi-major axis; triangle: circumradius
 
 
 # ----------------------------------------------------------------------------- generators
@@ -180,7 +103,7 @@ def ori_edges() -> np.ndarray:
 def gen_dsprites_loc(n: int, seed: int):
   """One shape; label = bin of its centre's x over LOC_RANGE (LOC_BINS bins)."""
   rng = np.random.default_rng(seed)
-  grid = _grid()
+  grid = shapes.subpixel_grid()
   labels = _balanced_labels(rng, n, LOC_BINS)
   edges = loc_edges()
   kind = rng.integers(0, len(SHAPES), n)
@@ -190,7 +113,7 @@ def gen_dsprites_loc(n: int, seed: int):
   angle = rng.uniform(0, 2 * np.pi, n)
   intensity = rng.uniform(0.35, 1.0, n)
   params = dict(kind=kind, cx=cx, cy=cy, radius=radius, angle=angle, intensity=intensity)
-  return _render_each(params, SHAPES, grid), labels, params
+  return shapes.render_each(params, SHAPES, grid), labels, params
 
 
 def gen_dsprites_ori(n: int, seed: int):
@@ -199,7 +122,7 @@ def gen_dsprites_ori(n: int, seed: int):
   The angle is counter-clockwise from +x with y pointing up (image rows down).
   """
   rng = np.random.default_rng(seed)
-  grid = _grid()
+  grid = shapes.subpixel_grid()
   labels = _balanced_labels(rng, n, ORI_BINS)
   edges = ori_edges()
   kind = rng.integers(0, 2, n)  # 0 bar ('square' stretched), 1 ellipse
@@ -213,33 +136,7 @@ def gen_dsprites_ori(n: int, seed: int):
   params = dict(
     kind=kind, cx=cx, cy=cy, radius=radius, aspect=aspect, angle=angle, intensity=intensity
   )
-  return _render_each(params, ('square', 'ellipse'), grid), labels, params
-
-
-def _place(rng, kinds, radii, min_gap: float, tries: int = 100):
-  """Centres, one object after the other, such that the discs of the shapes' extents
-  lie inside the image and are pairwise at least min_gap apart; None if stuck."""
-  ext = np.array([_shape_extent(SHAPES[k], r) for k, r in zip(kinds, radii)])
-  centres = np.zeros((len(ext), 2))
-  for j, e in enumerate(ext):
-    for _ in range(tries):
-      c = rng.uniform(e + 0.5, SIZE - 0.5 - e, 2)
-      d = np.hypot(*(centres[:j] - c).T)
-      if np.all(d >= ext[:j] + e + min_gap):
-        centres[j] = c
-        break
-    else:
-      return None
-  return centres
-
-
-def _objects(kinds, centres, radii, angles, intensities):
-  return [
-    dict(
-      kind=SHAPES[k], cx=c[0], cy=c[1], radius=r, angle=a, intensity=i
-    )
-    for k, c, r, a, i in zip(kinds, centres, radii, angles, intensities)
-  ]  # fmt: skip
+  return shapes.render_each(params, ('square', 'ellipse'), grid), labels, params
 
 
 def gen_clevr_count(n: int, seed: int):
@@ -248,7 +145,7 @@ def gen_clevr_count(n: int, seed: int):
   params hold (n, COUNT_MAX) arrays, NaN (kind -1) past the count.
   """
   rng = np.random.default_rng(seed)
-  grid = _grid()
+  grid = shapes.subpixel_grid()
   labels = _balanced_labels(rng, n, COUNT_MAX)
   shape = (n, COUNT_MAX)
   kind = np.full(shape, -1)
@@ -259,14 +156,14 @@ def gen_clevr_count(n: int, seed: int):
     while True:
       kinds = rng.integers(0, len(SHAPES), k)
       radii = rng.uniform(1.5, 3.0, k)
-      centres = _place(rng, kinds, radii, MIN_GAP)
+      centres = shapes.place_apart(rng, kinds, radii, MIN_GAP)
       if centres is not None:
         break
     angles = rng.uniform(0, 2 * np.pi, k)
     inten = rng.uniform(0.35, 1.0, k)
     kind[i, :k], radius[i, :k], angle[i, :k], intensity[i, :k] = kinds, radii, angles, inten
     cx[i, :k], cy[i, :k] = centres[:, 0], centres[:, 1]
-    images[i] = render(_objects(kinds, centres, radii, angles, inten), grid)
+    images[i] = shapes.render(shapes.objects_of(kinds, centres, radii, angles, inten), grid)
   params = dict(kind=kind, cx=cx, cy=cy, radius=radius, angle=angle, intensity=intensity)
   return images, labels, params
 
@@ -277,7 +174,7 @@ def gen_clevr_dist(n: int, seed: int):
   The bins leave gaps between them, so that no label hangs on a fraction of a pixel.
   """
   rng = np.random.default_rng(seed)
-  grid = _grid()
+  grid = shapes.subpixel_grid()
   bins = np.asarray(DIST_BINS)
   labels = _balanced_labels(rng, n, len(bins))
   kind = rng.integers(0, len(SHAPES), (n, 2))
@@ -287,7 +184,7 @@ def gen_clevr_dist(n: int, seed: int):
   cx, cy = np.zeros((n, 2)), np.zeros((n, 2))
   images = np.zeros((n, SIZE, SIZE), np.uint8)
   for i in range(n):
-    ext = np.array([_shape_extent(SHAPES[k], r) for k, r in zip(kind[i], radius[i])])
+    ext = np.array([shapes.shape_extent(SHAPES[k], r) for k, r in zip(kind[i], radius[i])])
     lo, hi = bins[labels[i]]
     lo = max(lo, ext.sum() + MIN_GAP)
     while True:
@@ -302,7 +199,8 @@ def gen_clevr_dist(n: int, seed: int):
     c0 = rng.uniform(lo_c, hi_c)
     centres = np.stack([c0, c0 + off])
     cx[i], cy[i] = centres[:, 0], centres[:, 1]
-    images[i] = render(_objects(kind[i], centres, radius[i], angle[i], intensity[i]), grid)
+    objects = shapes.objects_of(kind[i], centres, radius[i], angle[i], intensity[i])
+    images[i] = shapes.render(objects, grid)
   params = dict(kind=kind, cx=cx, cy=cy, radius=radius, angle=angle, intensity=intensity)
   return images, labels, params
 

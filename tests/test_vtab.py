@@ -2,7 +2,7 @@
 
 The expected table below is typed from the reference (shared/reference/README.md,
 section 3), independently of the module. No dataset is needed: the TFDS checks
-use builder code only (tests/test_splits.py runs every task through
+use builder code only (tests/test_splits_sources.py runs every task through
 ``tfds.testing.mock_data`` into batches).
 """
 

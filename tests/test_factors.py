@@ -225,7 +225,7 @@ def test_lora_and_ssf_find_their_layers_in_swin_and_convnext(family):
   """The family defaults: Swin's LoRA on the q and v thirds of every fused qkv kernel,
   ConvNeXt's on the MLP's fc1 and fc2; SSF on every module with a per-channel bias. The
   merged model with SSF equals the unmerged scale-and-shift of every targeted output."""
-  from test_peft_layers import SMALL, init
+  from peft_models import SMALL, init
 
   from gps_jax.models import registry
 

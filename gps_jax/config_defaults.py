@@ -88,7 +88,7 @@ def experiment_config() -> ml_collections.ConfigDict:
   c.gps = ml_collections.ConfigDict()
   c.gps.k = 1
   c.gps.temperature = 0.07
-  c.gps.score = ''  # a key of gps_jax.selection.SCORERS; empty = the method's
+  c.gps.score = ''  # a key of gps_jax.scoring.SCORERS; empty = the method's
   c.gps.batch_size = 0  # selection batch size; 0 = data.batch_size
   # Where the budget goes (the paper's Table 6a), always with the entry count of the
   # neuron level: neuron (GPS: top-K inputs of every neuron) | layer (the top

@@ -27,7 +27,7 @@ table (stdout; progress goes to stderr) gives per method, with its ratio to `ful
   full's (after merging, a GPS model is the plain backbone).
 
 Below the table: the selection pass (GPS's SupCon score step,
-`gps_jax.selection.make_score_step`, two views of every image) in images/s against full
+`gps_jax.scoring.make_score_step`, two views of every image) in images/s against full
 fine-tuning's train step, timed in the same rounds. GPS's indices are K random inputs per
 neuron: the scores choose which entries train, not what a step costs.
 
@@ -71,6 +71,7 @@ from gps_jax import experiment
 from gps_jax import files
 from gps_jax import methods
 from gps_jax import roles as roles_lib
+from gps_jax import scoring
 from gps_jax import selection
 from gps_jax import sparse
 from gps_jax import sparse_grad
@@ -285,7 +286,7 @@ def random_selection(c: ml_collections.ConfigDict, bb: experiment.Backbone, cach
     return {}, bb
   key = ('selection', c.method)
   if key not in cache:
-    scores = selection.random_scores(bb.roles, jax.random.PRNGKey(1))
+    scores = scoring.random_scores(bb.roles, jax.random.PRNGKey(1))
     cache[key] = selection.select(scores, c.gps.k, bb.roles, c.gps.level, c.gps.exclude)
   indices, roles = cache[key]
   return indices, dataclasses.replace(bb, roles=roles)
@@ -429,7 +430,7 @@ def measure_selection(args: argparse.Namespace, cache: dict) -> Measured:
   c = run_config('gps', args)
   bb = backbone(c, args.classes, cache)
   candidates = list(roles_lib.leaves_with_role(bb.roles, 'select'))
-  step = selection.make_score_step(bb.model.apply, candidates, c.gps.temperature)
+  step = scoring.make_score_step(bb.model.apply, candidates, c.gps.temperature)
   scores = {p: jnp.zeros(bb.params[p].shape, jnp.float32) for p in candidates}
   params = jax.device_put(bb.params)
   size, rng = bb.model_config['image_size'], jax.random.PRNGKey(0)

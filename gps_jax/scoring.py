@@ -128,6 +128,8 @@ def make_score_step(
   `batch['label']` is (B,). `shardings` = (scores, params, batch) shardings
   jits the step with explicit in/out shardings on their mesh.
   """
+  if shardings is not None:
+    apply_fn = shard_lib.batch_sharded(apply_fn, shardings[2].mesh)
   return _make_grad_step(_supcon_loss(apply_fn, temperature), candidates, shardings)
 
 
@@ -186,6 +188,7 @@ def accumulate_scores(
   (batches, images, mean loss). With a `mesh`, the batches are split over all
   its devices and the scores are sharded like their kernels.
   """
+  apply_fn = shard_lib.batch_sharded(apply_fn, mesh)
   return _accumulate(_supcon_loss(apply_fn, temperature), params, roles, batches, rng, mesh)
 
 
@@ -210,7 +213,7 @@ def accumulate_head_ce_scores(
   if num_classes < 1:
     raise ValueError(f'the head_ce score needs the number of classes, got {num_classes}')
   head_rng, drop_rng = jax.random.split(rng)
-  loss_fn = _head_ce_loss(apply_fn, int(num_classes), head_rng)
+  loss_fn = _head_ce_loss(shard_lib.batch_sharded(apply_fn, mesh), int(num_classes), head_rng)
   return _accumulate(loss_fn, params, roles, batches, drop_rng, mesh, views=1)
 
 

@@ -13,10 +13,12 @@ always laid out like the array it tracks, and the scores like their kernels.
 
 from __future__ import annotations
 
+import functools
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
+import flax.linen as nn
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding
@@ -67,6 +69,43 @@ def tree_shardings(mesh: Mesh, tree: Any) -> Any:
 def batch_sharding(mesh: Mesh) -> NamedSharding:
   """Leading (example) axis over every device of the mesh."""
   return NamedSharding(mesh, P(AXES))
+
+
+def _batch_constraint(mesh: Mesh, batch: int) -> Callable:
+  """A flax interceptor: every module output whose leading axis is a multiple of the
+  global `batch` (the images, tokens, Swin's windows) stays split over all devices."""
+  sharding = NamedSharding(mesh, P(AXES))
+
+  def constrain(y):
+    if isinstance(y, jax.Array) and y.ndim and y.shape[0] % batch == 0:
+      return jax.lax.with_sharding_constraint(y, sharding)
+    return y
+
+  def intercept(next_fun, args, kwargs, context):
+    out = next_fun(*args, **kwargs)
+    return jax.tree.map(constrain, out) if context.method_name == '__call__' else out
+
+  return intercept
+
+
+def batch_sharded(apply_fn: Callable, mesh: Mesh | None) -> Callable:
+  """`apply_fn(variables, images, ...)` with its activations kept split by example.
+
+  Without it XLA may partition a weight gradient of an fsdp-sharded kernel by
+  all-gathering the whole global batch's activations onto every device, so that
+  per-device memory grows with the global batch. Constraining every module output
+  (and, by transposition, its cotangent) to the batch layout makes it gather the
+  weights and reduce-scatter their gradients instead, as FSDP intends.
+  """
+  if mesh is None or mesh.size == 1:
+    return apply_fn
+
+  @functools.wraps(apply_fn)
+  def apply(variables, images, *args, **kwargs):
+    with nn.intercept_methods(_batch_constraint(mesh, images.shape[0])):
+      return apply_fn(variables, images, *args, **kwargs)
+
+  return apply
 
 
 def replicated(mesh: Mesh) -> NamedSharding:

@@ -62,7 +62,8 @@ class MaskedFinetuner:
     mesh: Mesh | None = None,
     update: Any = None,
   ):
-    self.apply_fn = apply_fn
+    # On a mesh, activations stay split by example (gps_jax.sharding.batch_sharded).
+    self.apply_fn = shard_lib.batch_sharded(apply_fn, mesh)
     self.update = update if update is not None else updates.make(mode, roles, indices, config)
     self.mode = self.update.name
     self.num_classes = num_classes

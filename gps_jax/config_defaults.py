@@ -132,6 +132,10 @@ def experiment_config() -> ml_collections.ConfigDict:
   # attention / patch-conv kernel (~2/3 of the step's FLOPs, but more compiled memory on
   # XLA:CPU so far: README "K-entry weight gradients"); auto = on where K <= fan-in / 64.
   c.train.sparse_grad = 'off'
+  # The frozen base's dtype in the step: float32 | bfloat16 (half its memory; deltas,
+  # trained leaves and optimizer state stay float32). The forward's compute dtype is
+  # config.model.dtype.
+  c.train.base_dtype = 'float32'
   c.train.label_smoothing = 0.0
   c.train.mixup = 0.0  # mixup alpha (timm); 0 = off
   c.train.cutmix = 0.0  # cutmix alpha (timm); 0 = off

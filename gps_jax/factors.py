@@ -134,11 +134,17 @@ def _lora_init(spec: Mapping, shapes: Mapping[str, tuple], rng: jax.Array) -> di
   return out
 
 
+def _widened(w, factor):
+  """`w` in the wider of its and the factor's dtypes: a bfloat16 base (config.train.base_dtype)
+  merges its float32 factors without rounding them away."""
+  return w.astype(jnp.promote_types(w.dtype, factor.dtype))
+
+
 def _lora_merge(spec: Mapping, params: dict, factors: Mapping) -> dict:
   for path, n in spec['fan_in_ndim'].items():
-    w = params[path]
-    rows = w.reshape(math.prod(w.shape[:n]), -1)
     update = spec['scaling'] * (factors[f'{path}/{LORA_A}'] @ factors[f'{path}/{LORA_B}'])
+    w = _widened(params[path], update)
+    rows = w.reshape(math.prod(w.shape[:n]), -1)
     cols = spec['columns'].get(path)
     if cols is None:
       rows = rows + update.astype(w.dtype)
@@ -189,7 +195,8 @@ def _ssf_merge(spec: Mapping, params: dict, factors: Mapping) -> dict:
   for module, weight in spec['modules'].items():
     scale = factors[f'{module}/{SSF_SCALE}']
     shift = factors[f'{module}/{SSF_SHIFT}']
-    w, b = params[f'{module}/{weight}'], params[f'{module}/bias']
+    w = _widened(params[f'{module}/{weight}'], scale)
+    b = _widened(params[f'{module}/bias'], shift)
     params[f'{module}/{weight}'] = w * scale.astype(w.dtype)
     params[f'{module}/bias'] = b * scale.astype(b.dtype) + shift.astype(b.dtype)
   return params

@@ -39,8 +39,9 @@ def _as_rows(w: jax.Array, fan_in_ndim: int) -> jax.Array:
 def scatter_add(
   base: jax.Array, indices: jax.Array, values: jax.Array, fan_in_ndim: int
 ) -> jax.Array:
-  """base + delta, the delta given as (neurons, K) values at (neurons, K) fan-in indices."""
-  w = _as_rows(base, fan_in_ndim)
+  """base + delta, the delta given as (neurons, K) values at (neurons, K) fan-in indices,
+  in the wider of the two dtypes (a bfloat16 base keeps a float32 delta whole)."""
+  w = _as_rows(base.astype(jnp.promote_types(base.dtype, values.dtype)), fan_in_ndim)
   cols = jnp.arange(w.shape[1])[:, None]
   return w.at[indices, cols].add(values.astype(w.dtype)).reshape(base.shape)
 

@@ -76,6 +76,7 @@ class MaskedFinetuner:
       prob=train.mix_prob,
       switch_prob=train.mix_switch_prob,
     )
+    self.base_dtype = jnp.dtype(train.base_dtype)
     self.ema_decay = train.ema_decay
     if not 0.0 <= self.ema_decay < 1.0:
       raise ValueError(f'config.train.ema_decay={self.ema_decay}: use 0 (off) or a value in (0, 1)')
@@ -87,6 +88,12 @@ class MaskedFinetuner:
   # -- state -----------------------------------------------------------------
   def _parts(self, params):
     frozen, trainable, aux = self.update.init(params)
+    # config.train.base_dtype: the frozen base may be held in bfloat16; the trainable
+    # state, its optimizer moments and every merge with the base stay float32.
+    frozen = {
+      p: v.astype(self.base_dtype) if jnp.issubdtype(v.dtype, jnp.floating) else v
+      for p, v in frozen.items()
+    }
     state = TrainState(
       step=jnp.zeros((), jnp.int32),
       trainable=trainable,

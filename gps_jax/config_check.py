@@ -85,6 +85,7 @@ def _validate(c: ml_collections.ConfigDict) -> None:
   _one_of('train.update_mode', c.train.update_mode, MODES)
   _one_of('train.sparse_grad', c.train.sparse_grad, sparse_grad.MODES)
   _one_of('train.base_dtype', c.train.base_dtype, ('float32', 'bfloat16'))
+  _one_of('train.compute_dtype', c.train.compute_dtype, ('', 'float32', 'bfloat16'))
   _one_of('optim.name', c.optim.name, optim.OPTIMIZERS)
   _one_of('optim.schedule', c.optim.schedule, optim.SCHEDULES)
   # A hand-built model config (config_defaults.vit_b16_model) may leave it to the module.

@@ -133,9 +133,11 @@ def experiment_config() -> ml_collections.ConfigDict:
   # XLA:CPU so far: README "K-entry weight gradients"); auto = on where K <= fan-in / 64.
   c.train.sparse_grad = 'off'
   # The frozen base's dtype in the step: float32 | bfloat16 (half its memory; deltas,
-  # trained leaves and optimizer state stay float32). The forward's compute dtype is
-  # config.model.dtype.
+  # trained leaves and optimizer state stay float32).
   c.train.base_dtype = 'float32'
+  # The model's compute dtype (its `dtype` field, selection pass included): '' = the
+  # model config's own (float32), or float32 | bfloat16.
+  c.train.compute_dtype = ''
   c.train.label_smoothing = 0.0
   c.train.mixup = 0.0  # mixup alpha (timm); 0 = off
   c.train.cutmix = 0.0  # cutmix alpha (timm); 0 = off

@@ -88,3 +88,21 @@ def test_lora_trains_on_a_bf16_base():
   merged = tuner.compose_jit(frozen, aux, state.trainable)
   assert all(merged[p].dtype == jnp.float32 for p in tuner.update.spec['fan_in_ndim'])
   assert losses[-1] < losses[0]
+
+
+@pytest.mark.slow
+def test_demo_cli_with_bf16_base_and_compute(tmp_path):
+  """The command line end to end with a bfloat16 base and forward: the model config in the
+  delta's manifest says bfloat16, the delta itself is float32."""
+  from gps_jax import checkpoint
+  from test_cli import _run
+
+  _run(
+    tmp_path / 'run', tmp_path / 'cache', '--config.compare_methods=()', '--config.method=gps',
+    '--config.train.base_dtype=bfloat16', '--config.train.compute_dtype=bfloat16',
+  )  # fmt: skip
+  ckpt = str(tmp_path / 'run' / 'checkpoint')
+  assert checkpoint.load_manifest(ckpt)['model']['dtype'] == 'bfloat16'
+  delta = checkpoint.load_delta(ckpt)
+  assert delta['delta'] and all(v.dtype == np.float32 for v in delta['delta'].values())
+  assert any(np.abs(v).max() > 0 for v in delta['delta'].values())

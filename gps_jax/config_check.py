@@ -30,6 +30,7 @@ from gps_jax.data.augment import INTERPOLATIONS
 from gps_jax.data.input_pipeline import RECIPES
 from gps_jax.data.splits import SOURCES
 from gps_jax.errors import UserError
+from gps_jax.models.layers import REMAT_POLICIES
 from gps_jax.models.model_config import HEAD_INITS
 from gps_jax.trainer import MODES
 
@@ -86,6 +87,7 @@ def _validate(c: ml_collections.ConfigDict) -> None:
   _one_of('train.sparse_grad', c.train.sparse_grad, sparse_grad.MODES)
   _one_of('train.base_dtype', c.train.base_dtype, ('float32', 'bfloat16'))
   _one_of('train.compute_dtype', c.train.compute_dtype, ('', 'float32', 'bfloat16'))
+  _one_of('train.remat', c.train.remat, ('', *REMAT_POLICIES))
   _one_of('optim.name', c.optim.name, optim.OPTIMIZERS)
   _one_of('optim.schedule', c.optim.schedule, optim.SCHEDULES)
   # A hand-built model config (config_defaults.vit_b16_model) may leave it to the module.

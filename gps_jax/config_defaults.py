@@ -138,6 +138,10 @@ def experiment_config() -> ml_collections.ConfigDict:
   # The model's compute dtype (its `dtype` field, selection pass included): '' = the
   # model config's own (float32), or float32 | bfloat16.
   c.train.compute_dtype = ''
+  # Rematerialised blocks: '' (off) or a jax.checkpoint_policies name (nothing_saveable,
+  # dots_saveable, dots_with_no_batch_dims_saveable, everything_saveable): activations
+  # are recomputed in the backward pass instead of kept (gps_jax.models.layers.blocks).
+  c.train.remat = ''
   c.train.label_smoothing = 0.0
   c.train.mixup = 0.0  # mixup alpha (timm); 0 = off
   c.train.cutmix = 0.0  # cutmix alpha (timm); 0 = off

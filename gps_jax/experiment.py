@@ -123,6 +123,8 @@ def setup_backbone(config: ml_collections.ConfigDict, rng: jax.Array) -> Backbon
   model_config = {**config.model.to_dict(), 'num_classes': num_classes, **methods.model_fields(config)}
   if config.train.compute_dtype:  # the forward's dtype (parameters stay in theirs)
     model_config['dtype'] = config.train.compute_dtype
+  if config.train.remat:  # rematerialised blocks: the same parameters and values
+    model_config['remat'] = config.train.remat
   model = weights.build_model(model_config)
   say(f'[{config.method}] loading backbone {config.model.checkpoint or "(random init)"}')
   # On the device once: the jitted steps would otherwise re-send host arrays every call.

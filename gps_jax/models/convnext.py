@@ -39,6 +39,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from gps_jax.models.layers import (
+  blocks,
   IMAGENET_MEAN,
   IMAGENET_STD,
   Mlp,
@@ -76,7 +77,7 @@ class ConvNeXtBlock(nn.Module):
   adapter_dim: int = 0
 
   @nn.compact
-  def __call__(self, x, *, deterministic: bool):
+  def __call__(self, x, deterministic: bool):
     c = x.shape[-1]
     y = nn.Conv(
       c,
@@ -148,19 +149,20 @@ class ConvNeXtStage(nn.Module):
   dtype: Any = jnp.float32
   head_init: str = 'zeros'  # the new head's kernel init: zeros | trunc_normal
   adapter_dim: int = 0
+  remat: str = ''  # a jax.checkpoint policy name for the blocks (layers.blocks); '' = none
 
   @nn.compact
   def __call__(self, x, *, deterministic: bool):
     if self.downsample:
       x = Downsample(self.dim, self.dtype, name='downsample')(x)
     for j, rate in enumerate(self.drop_path_rates):
-      x = ConvNeXtBlock(
+      x = blocks(ConvNeXtBlock, self.remat)(
         layer_scale_init=self.layer_scale_init,
         drop_path_rate=rate,
         dtype=self.dtype,
         adapter_dim=self.adapter_dim,
         name=f'blocks_{j}',
-      )(x, deterministic=deterministic)
+      )(x, deterministic)
     return x
 
 
@@ -185,6 +187,7 @@ class ConvNeXt(nn.Module):
   head_init: str = 'zeros'  # the new head's kernel init: zeros | trunc_normal
   adapter_dim: int = 0  # bottleneck width of the adapters; 0 = none
   vpt_tokens: int = 0  # must be 0: a config field only so that a request for VPT is refused
+  remat: str = ''  # rematerialised blocks: a jax.checkpoint policy name (config.train.remat)
 
   @nn.compact
   def __call__(self, images, *, train: bool):
@@ -214,6 +217,7 @@ class ConvNeXt(nn.Module):
         layer_scale_init=self.layer_scale_init,
         dtype=self.dtype,
         adapter_dim=self.adapter_dim,
+        remat=self.remat,
         name=f'stages_{i}',
       )(x, deterministic=not train)
     x = jnp.mean(x, axis=(1, 2))
@@ -231,6 +235,7 @@ _CONVNEXT_FIELDS = (
   'dtype',
   'head_init',
   'adapter_dim',
+  'remat',
   'vpt_tokens',
 )
 
@@ -251,7 +256,7 @@ def convnext_config(
   ``overrides`` replace any of them (an unknown key is an error)."""
   defaults = dict(
     drop_path_rate=0.0, layer_scale_init=1e-6, dtype='float32', head_init='zeros',
-    adapter_dim=0, vpt_tokens=0, mean=IMAGENET_MEAN, std=IMAGENET_STD,
+    adapter_dim=0, vpt_tokens=0, remat='', mean=IMAGENET_MEAN, std=IMAGENET_STD,
   )  # fmt: skip
   return named_config(
     'convnext', variant, _variant_fields, defaults, overrides, label='ConvNeXt',

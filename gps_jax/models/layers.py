@@ -108,3 +108,19 @@ def check_added_fields(label: str, adapter_dim: int, vpt_tokens: int, no_vpt: st
     )
   if vpt_tokens and no_vpt:
     raise ValueError(f'{label}: vpt_tokens={vpt_tokens}, but VPT is not defined for {no_vpt}')
+
+
+REMAT_POLICIES = (
+  'nothing_saveable', 'dots_saveable', 'dots_with_no_batch_dims_saveable', 'everything_saveable'
+)
+
+
+def blocks(cls, remat: str = ''):
+  """`cls` (a block called as ``block(x, deterministic)``), or under `nn.remat` with the
+  `jax.checkpoint_policies` entry `remat` ('' = no rematerialisation): its activations
+  are recomputed in the backward pass instead of kept, except what the policy saves."""
+  if not remat:
+    return cls
+  if remat not in REMAT_POLICIES:
+    raise ValueError(f'config.train.remat={remat!r}: use one of {", ".join(REMAT_POLICIES)}')
+  return nn.remat(cls, policy=getattr(jax.checkpoint_policies, remat), static_argnums=(2,))

@@ -46,6 +46,7 @@ import ml_collections
 import numpy as np
 
 from gps_jax.models.layers import (
+  blocks,
   IMAGENET_MEAN,
   IMAGENET_STD,
   Mlp,
@@ -187,7 +188,7 @@ class SwinTransformerBlock(nn.Module):
   adapter_dim: int = 0
 
   @nn.compact
-  def __call__(self, x, *, deterministic: bool):
+  def __call__(self, x, deterministic: bool):
     b, h, w, c = x.shape
     window, shift = effective_window_shift(
       (h, w), to_2tuple(self.window_size), to_2tuple(self.shift_size)
@@ -268,13 +269,14 @@ class SwinTransformerStage(nn.Module):
   mlp_ratio: float = 4.0
   dtype: Any = jnp.float32
   adapter_dim: int = 0
+  remat: str = ''  # a jax.checkpoint policy name for the blocks (layers.blocks); '' = none
 
   @nn.compact
   def __call__(self, x, *, deterministic: bool):
     if self.downsample:
       x = PatchMerging(self.out_dim, self.dtype, name='downsample')(x)
     for j in range(self.depth):
-      x = SwinTransformerBlock(
+      x = blocks(SwinTransformerBlock, self.remat)(
         num_heads=self.num_heads,
         window_size=self.window_size,
         shift_size=0 if j % 2 == 0 else self.window_size // 2,
@@ -283,7 +285,7 @@ class SwinTransformerStage(nn.Module):
         dtype=self.dtype,
         adapter_dim=self.adapter_dim,
         name=f'blocks_{j}',
-      )(x, deterministic=deterministic)
+      )(x, deterministic)
     return x
 
 
@@ -310,6 +312,7 @@ class SwinTransformer(nn.Module):
   dtype: Any = jnp.float32
   head_init: str = 'zeros'  # the new head's kernel init: zeros | trunc_normal
   adapter_dim: int = 0  # bottleneck width of the adapters; 0 = none
+  remat: str = ''  # rematerialised blocks: a jax.checkpoint policy name (config.train.remat)
   vpt_tokens: int = 0  # must be 0: a config field only so that a request for VPT is refused
 
   @property
@@ -350,6 +353,7 @@ class SwinTransformer(nn.Module):
         mlp_ratio=self.mlp_ratio,
         dtype=self.dtype,
         adapter_dim=self.adapter_dim,
+        remat=self.remat,
         name=f'layers_{i}',
       )(x, deterministic=not train)
     x = layer_norm('norm', LN_EPSILON, self.dtype)(x)
@@ -373,6 +377,7 @@ _SWIN_FIELDS = (
   'dtype',
   'head_init',
   'adapter_dim',
+  'remat',
   'vpt_tokens',
 )
 
@@ -397,6 +402,7 @@ def swin_config(
     dtype='float32',
     head_init='zeros',
     adapter_dim=0,
+    remat='',
     vpt_tokens=0,
     mean=IMAGENET_MEAN,
     std=IMAGENET_STD,

@@ -39,6 +39,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from gps_jax.models.layers import (
+  blocks,
   INCEPTION_MEAN,
   INCEPTION_STD,
   adapter,
@@ -141,7 +142,7 @@ class Encoder1DBlock(nn.Module):
   vpt_range: float = 0.0  # the U(-v, v) bound of the prompt init
 
   @nn.compact
-  def __call__(self, inputs, *, deterministic: bool):
+  def __call__(self, inputs, deterministic: bool):
     if self.vpt_tokens:
       prompts = _prompt_param(self, self.vpt_tokens, inputs.shape[-1], self.vpt_range)
       inputs = _put_prompts(inputs, prompts, replace=True)
@@ -195,6 +196,7 @@ class Encoder(nn.Module):
   vpt_tokens: int = 0
   vpt_deep: bool = False
   vpt_range: float = 0.0  # the U(-v, v) bound of the prompt init
+  remat: str = ''  # a jax.checkpoint policy name for the blocks (layers.blocks); '' = none
 
   @nn.compact
   def __call__(self, x, *, train: bool):
@@ -207,7 +209,7 @@ class Encoder(nn.Module):
       x = _put_prompts(x, _prompt_param(self, p, d, self.vpt_range), replace=False)
     for i in range(self.num_layers):
       rate = self.drop_path_rate * i / max(self.num_layers - 1, 1)
-      x = Encoder1DBlock(
+      x = blocks(Encoder1DBlock, self.remat)(
         self.num_heads,
         self.mlp_dim,
         self.dropout_rate,
@@ -218,7 +220,7 @@ class Encoder(nn.Module):
         vpt_tokens=p if self.vpt_deep else 0,
         vpt_range=self.vpt_range,
         name=f'encoderblock_{i}',
-      )(x, deterministic=not train)
+      )(x, not train)
     return nn.LayerNorm(epsilon=LN_EPSILON, dtype=self.dtype, name='encoder_norm')(x)
 
 
@@ -251,6 +253,7 @@ class ViT(nn.Module):
   adapter_dim: int = 0  # bottleneck width of the adapters; 0 = none
   vpt_tokens: int = 0  # prompt tokens (per block when vpt_deep); 0 = none
   vpt_deep: bool = False  # deep VPT: new prompts before every block
+  remat: str = ''  # rematerialised blocks: a jax.checkpoint policy name (config.train.remat)
 
   @nn.compact
   def __call__(self, images, *, train: bool):
@@ -288,6 +291,7 @@ class ViT(nn.Module):
       vpt_tokens=self.vpt_tokens,
       vpt_deep=self.vpt_deep,
       vpt_range=vpt_init_range(p, d),
+      remat=self.remat,
       name='Transformer',
     )(x, train=train)
     x = x[:, 0]
@@ -314,6 +318,7 @@ _VIT_FIELDS = (
   'adapter_dim',
   'vpt_tokens',
   'vpt_deep',
+  'remat',
 )
 
 
@@ -333,6 +338,7 @@ def vit_config(
     adapter_dim=0,
     vpt_tokens=0,
     vpt_deep=False,
+    remat='',
     mean=INCEPTION_MEAN,
     std=INCEPTION_STD,
   )

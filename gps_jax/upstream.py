@@ -20,6 +20,7 @@ from typing import Any
 
 import jax
 import ml_collections
+from flax import traverse_util
 
 from gps_jax import experiment
 from gps_jax import sharding as shard_lib
@@ -35,19 +36,9 @@ from gps_jax.vit_npz import save_vit_npz
 REVISION = 3
 
 
-def _flat(tree: dict, prefix: str = '') -> dict[str, Any]:
-  """{dotted key: value} of a nested dict."""
-  out = {}
-  for k, v in tree.items():
-    if isinstance(v, dict):
-      out.update(_flat(v, f'{prefix}{k}.'))
-    else:
-      out[f'{prefix}{k}'] = v
-  return out
-
-
 def _settings(c: ml_collections.ConfigDict) -> dict[str, Any]:
-  return _flat(json.loads(c.to_json(sort_keys=True)))
+  """{dotted key: JSON value} of a config."""
+  return traverse_util.flatten_dict(json.loads(c.to_json(sort_keys=True)), sep='.')
 
 
 def recipe(upstream: ml_collections.ConfigDict) -> dict[str, Any]:

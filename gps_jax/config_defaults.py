@@ -130,7 +130,8 @@ def experiment_config() -> ml_collections.ConfigDict:
   # sparse mode's weight gradients (gps_jax.sparse_grad): off = effective kernels and
   # autodiff's dense weight gradients; on = K entries per neuron for every Dense /
   # attention / patch-conv kernel (~2/3 of the step's FLOPs, but more compiled memory on
-  # XLA:CPU so far: README "K-entry weight gradients"); auto = on where K <= fan-in / 64.
+  # XLA:CPU so far: README "The cost of a step"); auto = on where K <= fan-in / 64, except
+  # on XLA:CPU, where the layer sweep found it slower for every kernel (so: never).
   c.train.sparse_grad = 'off'
   # The frozen base's dtype in the step: float32 | bfloat16 (half its memory; deltas,
   # trained leaves and optimizer state stay float32).

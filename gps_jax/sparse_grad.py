@@ -23,11 +23,12 @@ ConvNeXt's downsampling: a Dense on patches). Any other selected kernel (the
 depthwise 7x7 convs of ConvNeXt) runs its module on the effective kernel, as
 every kernel does under ``mode='off'``; `takes_sparse` is the rule.
 
-Status (README "K-entry weight gradients"): gradients equal autodiff's and the
-step's FLOPs drop by the dense weight gradients, but on XLA:CPU the gathers and
-the scatter are not fused and their (tokens, neurons) temporaries raise the
-compiled peak memory at small batch, so ``config.train.sparse_grad`` is 'off' by
-default until that is fixed and the wall time measured on a quiet machine.
+Status (README "The cost of a step"): gradients equal autodiff's and the step's
+FLOPs drop by the dense weight gradients, but on XLA:CPU the gathers and the
+scatter are not fused, their (tokens, neurons) temporaries raise the compiled
+peak, and each layer's forward and backward is slower than the dense one even at
+K = 1; so ``config.train.sparse_grad`` is 'off' by default and 'auto' never takes
+it on CPU. Its GPU cost is not measured yet.
 """
 
 from __future__ import annotations
@@ -42,13 +43,15 @@ from gps_jax import sparse
 
 MODES = ('auto', 'on', 'off')
 
-# auto: K-entry gradients where K is at most this share of the fan-in. The correction
-# costs a few T*N*K gathers and adds per pass against the T*F*N multiply-adds of the
-# dense weight gradient it replaces, but gathers and row sums run far below matmul
-# speed. Provisional until the layer sweep of tools/benchmark.py sets it. Depthwise
-# convs always take the dense path (their dense weight gradient costs what their
-# forward costs).
+# auto: K-entry gradients where K is at most this share of the fan-in, on accelerators.
+# The correction costs a few T*N*K gathers and adds per pass against the T*F*N
+# multiply-adds of the dense weight gradient it replaces, but gathers and scatters run
+# far below matmul speed. On XLA:CPU the layer sweep (tools/benchmark.py --layers, README)
+# found it slower for every ViT-S kernel even at K = 1, so auto never takes it there; on a
+# GPU this share is provisional until the sweep runs on one. Depthwise convs always take
+# the dense path (their dense weight gradient costs what their forward costs).
 MAX_K_SHARE = 1 / 64
+SLOWER_ON = ('cpu',)  # backends where the layer sweep found the K-entry path slower
 
 
 # -- the op --------------------------------------------------------------------
@@ -115,11 +118,15 @@ def kind_of(module: nn.Module, x: jax.Array, fan_in_ndim: int) -> str | None:
   return None
 
 
-def takes_sparse(kind: str | None, k: int, fan_in: int, mode: str) -> bool:
-  """The rule: K-entry gradients for a matmul kind, under `mode` ('auto': K <= MAX_K_SHARE * fan-in)."""
+def takes_sparse(kind: str | None, k: int, fan_in: int, mode: str, backend: str | None = None) -> bool:
+  """The rule: K-entry gradients for a matmul kind under `mode`; 'auto': K <= MAX_K_SHARE *
+  fan-in, and never on a backend of SLOWER_ON (default: jax's default backend)."""
   if kind is None or mode == 'off':
     return False
-  return mode == 'on' or k <= MAX_K_SHARE * fan_in
+  if mode == 'on':
+    return True
+  backend = backend or jax.default_backend()
+  return backend not in SLOWER_ON and k <= MAX_K_SHARE * fan_in
 
 
 def _patches(x: jax.Array, ks: tuple[int, int]) -> jax.Array:

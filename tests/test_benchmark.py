@@ -14,7 +14,7 @@ from gps_jax import sparse_grad
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 METHODS = ('full', 'gps', 'gps_dense', 'gps_kentry', 'linear', 'bitfit', 'lora')
-# A fan-in that sparse_grad 'auto' sends K=1 down the K-entry path (K <= MAX_K_SHARE * fan-in).
+# A fan-in with K=1 <= MAX_K_SHARE * fan-in (auto's rule off XLA:CPU; gps_kentry runs 'on').
 WIDTH = 64 * math.ceil(1 / (64 * sparse_grad.MAX_K_SHARE))
 TINY = [
   '--model=vit:Ti/8', '--image-size=32', '--classes=10',
@@ -55,7 +55,7 @@ def test_method_table_facts(tool, tmp_path, capsys):
   assert r['gps']['opt_state_ratio'] < 0.1
   assert r['gps_dense']['opt_state_ratio'] > 0.9
   assert r['linear']['flops'] < r['full']['flops']
-  # K=1 against fan-ins >= WIDTH: 'auto' takes the K-entry path, 'off' never does, and
+  # K=1 against fan-ins >= WIDTH: 'on' takes the K-entry path, 'off' never does, and
   # dropping the dense weight gradients shows in XLA's FLOPs.
   assert r['gps_kentry']['k_entry_kernels'] > 0 and r['gps']['k_entry_kernels'] == 0
   assert r['gps']['selected_kernels'] == r['gps_kentry']['selected_kernels'] > 0

@@ -33,7 +33,7 @@ neuron: the scores choose which entries train, not what a step costs.
 
 Methods: full, gps (sparse delta, the default config.train.sparse_grad='off': effective
 kernels, autodiff's dense weight gradients), gps_dense (dense masked rule), gps_kentry
-(sparse delta with K-entry weight gradients: sparse_grad='auto'), linear, bitfit, lora, ssf, adapter, vpt_shallow, vpt_deep.
+(sparse delta with K-entry weight gradients: sparse_grad='on'), linear, bitfit, lora, ssf, adapter, vpt_shallow, vpt_deep.
 `full` is always measured (the ratios need it); a method whose layers the backbone family
 lacks (VPT outside ViT) is skipped with a note.
 
@@ -88,7 +88,7 @@ SETTINGS: dict[str, tuple[str, str, str]] = {
   'full': ('full', 'sparse', 'off'),
   'gps': ('gps', 'sparse', 'off'),
   'gps_dense': ('gps', 'dense', 'off'),
-  'gps_kentry': ('gps', 'sparse', 'auto'),
+  'gps_kentry': ('gps', 'sparse', 'on'),
   # The registry's own methods, each with its own rules and update rule.
   **{
     m: (m, 'sparse', 'off')
@@ -596,7 +596,7 @@ def render(rows: dict, args: argparse.Namespace, notes: list[str]) -> str:
     'Random weights; GPS indices: K random inputs per neuron (the selection scores do not '
     "change a step's cost). K-entry a/b: selected kernels on sparse_grad's K-entry path "
     f'(MAX_K_SHARE = {_share(sparse_grad.MAX_K_SHARE)}); gps runs sparse_grad=off '
-    f"(the config's default: {_default_grad()}), gps_kentry auto.",
+    f"(the config's default: {_default_grad()}), gps_kentry on.",
     *notes,
   ]
   return '\n'.join(lines)

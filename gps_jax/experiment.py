@@ -115,16 +115,22 @@ def load_params(config: ml_collections.ConfigDict, model, model_config, rng: jax
   return params
 
 
-def setup_backbone(config: ml_collections.ConfigDict, rng: jax.Array) -> Backbone:
-  """Stage 1: the model, its parameters on the device, the roles and the device mesh."""
-  num_classes = splits_lib.num_classes(config.data)
-  # The method's own layers (adapters, prompts) are model fields: the delta's manifest
-  # keeps them with the rest of the model config.
+def model_config_of(config: ml_collections.ConfigDict, num_classes: int) -> dict:
+  """The model config a run builds: ``config.model`` with the class count, the method's
+  own layers (adapters, prompts), ``train.compute_dtype`` and ``train.remat``. The delta's
+  manifest keeps it whole."""
   model_config = {**config.model.to_dict(), 'num_classes': num_classes, **methods.model_fields(config)}
   if config.train.compute_dtype:  # the forward's dtype (parameters stay in theirs)
     model_config['dtype'] = config.train.compute_dtype
   if config.train.remat:  # rematerialised blocks: the same parameters and values
     model_config['remat'] = config.train.remat
+  return model_config
+
+
+def setup_backbone(config: ml_collections.ConfigDict, rng: jax.Array) -> Backbone:
+  """Stage 1: the model, its parameters on the device, the roles and the device mesh."""
+  num_classes = splits_lib.num_classes(config.data)
+  model_config = model_config_of(config, num_classes)
   model = weights.build_model(model_config)
   say(f'[{config.method}] loading backbone {config.model.checkpoint or "(random init)"}')
   # On the device once: the jitted steps would otherwise re-send host arrays every call.

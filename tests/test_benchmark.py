@@ -100,6 +100,8 @@ def test_layer_sweep_rows(tool, tmp_path, capsys):
     (['--model=resnet50'], "--model 'resnet50': use a backbone"),
     (['--model=vit:Ti/16', '--model-override=widht=3'], "unknown ViT config keys ['widht']"),
     (['--layers', '--layer-shapes=64by32'], "--layer-shapes '64by32'"),
+    (['--train=nope=1'], "--train 'nope=1': use KEY=VALUE"),
+    (['--train=base_dtype=float16'], "--train: config.train.base_dtype='float16'"),
   ],
 )
 def test_bad_flags_are_one_error_line(tool, capsys, argv, message):
@@ -108,3 +110,17 @@ def test_bad_flags_are_one_error_line(tool, capsys, argv, message):
   assert exit_info.value.code != 0
   err = capsys.readouterr().err.strip().splitlines()
   assert len(err) == 1 and err[0].startswith('error: ') and message in err[0], err
+
+
+def test_train_overrides_reach_every_method(tool, tmp_path):
+  """--train base_dtype=bfloat16: the frozen base is half the step's arguments, the
+  trainable state and its optimizer state are unchanged."""
+  rows = {}
+  for dtype in ('float32', 'bfloat16'):
+    path = tmp_path / f'{dtype}.json'
+    argv = [*TINY, '--steps=1', '--rounds=1', '--batch=4', '--methods=full,gps']
+    assert tool.main([*argv, f'--train=base_dtype={dtype}', f'--json={path}']) == 0
+    rows[dtype] = json.loads(path.read_text())['gps']
+  f32, bf16 = rows['float32'], rows['bfloat16']
+  assert bf16['opt_state_bytes'] == f32['opt_state_bytes']
+  assert bf16['memory']['argument'] < f32['memory']['argument']

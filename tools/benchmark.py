@@ -65,6 +65,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from gps_jax import config_check
 from gps_jax import config_defaults
 from gps_jax import errors
 from gps_jax import experiment
@@ -116,6 +117,8 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument('--model', default='vit_b16', help=f'{backbones}, <family>:<variant> (vit:Ti/16)')
   p.add_argument('--model-override', action='append', default=[], metavar='KEY=VALUE',
                  help='a model config field, e.g. hidden_size=64 (repeatable)')  # fmt: skip
+  p.add_argument('--train', action='append', default=[], metavar='KEY=VALUE',
+                 help='a config.train field for every method, e.g. base_dtype=bfloat16 (repeatable)')
   p.add_argument('--image-size', type=int, default=224)
   p.add_argument('--classes', type=int, default=100, help='classes of the task head')
   p.add_argument('--batch', type=int, default=32, help='batch of the FLOPs / memory analysis')
@@ -228,9 +231,29 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args.model_config = model_config(args.model, args.image_size, args.classes, args.overrides)
     args.k_list = _ints(args.ks, '--ks')
     args.shapes = _layer_shapes(args.layer_shapes)
+    args.train_overrides = _train_overrides(args.train)
   except ValueError as e:
     parser.error(str(e))
   return args
+
+
+def _train_overrides(items: Sequence[str]) -> dict:
+  """--train KEY=VALUE pairs as config.train values of the key's type, checked like a run's."""
+  defaults = config_defaults.experiment_config().train
+  out = {}
+  for item in items:
+    key, sep, value = item.partition('=')
+    if not sep or key not in defaults:
+      raise ValueError(f'--train {item!r}: use KEY=VALUE with a config.train key')
+    kind = type(defaults[key])
+    out[key] = value.lower() in ('1', 'true', 'yes') if kind is bool else kind(value)
+  config = config_defaults.experiment_config()
+  config.train.update(out)
+  try:
+    config_check.validate(config)
+  except errors.UserError as e:
+    raise ValueError(f'--train: {e}') from None
+  return out
 
 
 # -- the model and its random weights ------------------------------------------------
@@ -265,13 +288,15 @@ def run_config(name: str, args: argparse.Namespace) -> ml_collections.ConfigDict
   c.train.update_mode = mode
   c.train.sparse_grad = grad
   c.data.batch_size = args.batch
+  for key, value in args.train_overrides.items():
+    c.train[key] = value
   return c
 
 
 def backbone(c: ml_collections.ConfigDict, classes: int, cache: dict) -> experiment.Backbone:
   """As `experiment.setup_backbone` builds it (method fields included), with random weights
   on one device; a ValueError when the family lacks the method's layers."""
-  model_cfg = {**c.model.to_dict(), 'num_classes': classes, **methods.model_fields(c)}
+  model_cfg = experiment.model_config_of(c, classes)
   model = weights.build_model(model_cfg)
   params = random_params(model, cache)
   rules = c.fan_in_rules or roles_lib.DEFAULT_FAN_IN_RULES

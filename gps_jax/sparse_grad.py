@@ -119,7 +119,9 @@ def kind_of(module: nn.Module, x: jax.Array, fan_in_ndim: int) -> str | None:
   return None
 
 
-def takes_sparse(kind: str | None, k: int, fan_in: int, mode: str, backend: str | None = None) -> bool:
+def takes_sparse(
+  kind: str | None, k: int, fan_in: int, mode: str, backend: str | None = None
+) -> bool:
   """The rule: K-entry gradients for a matmul kind under `mode`; 'auto': K <= MAX_K_SHARE *
   fan-in, and never on a backend of SLOWER_ON (default: jax's default backend)."""
   if kind is None or mode == 'off':

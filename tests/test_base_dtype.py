@@ -10,7 +10,6 @@ from gps_jax import factors
 from gps_jax import methods
 from gps_jax import roles as roles_lib
 from gps_jax import sparse
-from gps_jax import tree as tree_lib
 from gps_jax import updates
 from gps_jax.config_defaults import experiment_config
 from gps_jax.models import ViT
@@ -25,7 +24,9 @@ def _tuner(base_dtype, method='gps', grad='off', steps=6):
   roles = roles_lib.assign_roles(shapes, methods.get(method).rules)
   rng = np.random.default_rng(0)
   indices = {
-    p: np.stack([rng.choice(r.fan_in, 2, replace=False) for _ in range(r.num_neurons)]).astype(np.int32)
+    p: np.stack([rng.choice(r.fan_in, 2, replace=False) for _ in range(r.num_neurons)]).astype(
+      np.int32
+    )
     for p, r in roles_lib.leaves_with_role(roles, 'select').items()
   }
   cfg = experiment_config()
@@ -53,7 +54,9 @@ def _tuner(base_dtype, method='gps', grad='off', steps=6):
 def test_bf16_base_trains_like_f32_with_f32_state(grad):
   tuner, state, frozen, aux, params, losses = _tuner('bfloat16', grad=grad)
   *_, ref_losses = _tuner('float32', grad=grad)
-  assert all(v.dtype == jnp.bfloat16 for v in frozen.values() if jnp.issubdtype(v.dtype, jnp.floating))
+  assert all(
+    v.dtype == jnp.bfloat16 for v in frozen.values() if jnp.issubdtype(v.dtype, jnp.floating)
+  )
   for p, v in frozen.items():  # the base rounded once, never moved
     np.testing.assert_array_equal(np.asarray(v), np.asarray(jnp.asarray(params[p], jnp.bfloat16)))
   leaves = jax.tree.leaves((state.trainable, state.opt_state))
@@ -78,7 +81,10 @@ def test_merges_keep_a_small_delta_whole_on_a_bf16_base():
     {path: (4, 3)}, {path: 'freeze'}, family='vit', targets=('query',), rank=1, alpha=1.0,
     fan_in_rules=((r'.*', 1),),
   )  # fmt: skip
-  lora = {f'{path}/{factors.LORA_A}': jnp.full((4, 1), 1e-2), f'{path}/{factors.LORA_B}': jnp.full((1, 3), 1e-2)}
+  lora = {
+    f'{path}/{factors.LORA_A}': jnp.full((4, 1), 1e-2),
+    f'{path}/{factors.LORA_B}': jnp.full((1, 3), 1e-2),
+  }
   out = factors.merge(spec, {path: base}, lora)[path]
   assert out.dtype == jnp.float32 and float(out[0, 0]) == np.float32(1.0) + np.float32(1e-4)
 

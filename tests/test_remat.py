@@ -20,10 +20,18 @@ from tiny import TINY, random_params
 FAMILIES = {
   'vit': lambda **kw: ViT(**TINY, **kw),
   'swin': lambda **kw: SwinTransformer(
-    num_classes=5, image_size=16, patch_size=4, embed_dim=8, depths=(2, 2), num_heads=(1, 2),
-    window_size=2, **kw,
+    num_classes=5,
+    image_size=16,
+    patch_size=4,
+    embed_dim=8,
+    depths=(2, 2),
+    num_heads=(1, 2),
+    window_size=2,
+    **kw,
   ),  # fmt: skip
-  'convnext': lambda **kw: ConvNeXt(num_classes=5, image_size=32, depths=(1, 1), dims=(8, 16), **kw),
+  'convnext': lambda **kw: ConvNeXt(
+    num_classes=5, image_size=32, depths=(1, 1), dims=(8, 16), **kw
+  ),
 }
 
 
@@ -88,7 +96,15 @@ def test_remat_lowers_the_step_memory():
   """A ViT with 6 blocks of 65 tokens: the rematerialised step would keep one block's
   activations instead of six."""
   grad = 'off'
-  kw = dict(num_classes=5, patch_size=4, hidden_size=32, num_layers=6, num_heads=2, mlp_dim=128, image_size=32)
+  kw = dict(
+    num_classes=5,
+    patch_size=4,
+    hidden_size=32,
+    num_layers=6,
+    num_heads=2,
+    mlp_dim=128,
+    image_size=32,
+  )
   plain = _step_memory(ViT(**kw), grad)
   remat = _step_memory(ViT(**kw, remat='nothing_saveable'), grad)
   assert remat < 0.6 * plain, (remat, plain)
@@ -117,6 +133,13 @@ def test_k_entry_gradients_inside_remat_blocks():
     grads[grad] = jax.jit(jax.grad(loss))(trainable)['delta']
   for p in grads['off']:
     np.testing.assert_allclose(grads['on'][p], grads['off'][p], atol=1e-5, err_msg=p)
-  entries = {p: (indices[p], jnp.zeros(indices[p].shape), roles_lib.leaves_with_role(roles, 'select')[p].fan_in_ndim) for p in indices}
+  entries = {
+    p: (
+      indices[p],
+      jnp.zeros(indices[p].shape),
+      roles_lib.leaves_with_role(roles, 'select')[p].fan_in_ndim,
+    )
+    for p in indices
+  }
   _, seen = sparse_grad.forward(model.apply, tree_lib.unflat(base), entries, 'on', x, train=False)
   assert set(seen) == set(indices) and set(seen.values()) == {'sparse'}

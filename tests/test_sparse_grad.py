@@ -1,7 +1,6 @@
 """K-entry weight gradients (gps_jax.sparse_grad) against NumPy and against autodiff of the
 effective kernels, for every kernel kind of ViT, Swin and ConvNeXt, and through the trainer."""
 
-import math
 import re
 
 import flax.linen as nn
@@ -103,7 +102,12 @@ def test_rule():
 FAMILIES = {
   'vit': lambda: ViT(**TINY),
   'swin': lambda: SwinTransformer(
-    num_classes=5, image_size=16, patch_size=4, embed_dim=8, depths=(1, 1), num_heads=(1, 2),
+    num_classes=5,
+    image_size=16,
+    patch_size=4,
+    embed_dim=8,
+    depths=(1, 1),
+    num_heads=(1, 2),
     window_size=2,
   ),  # fmt: skip
   'convnext': lambda: ConvNeXt(num_classes=5, image_size=32, depths=(1, 1), dims=(8, 16)),
@@ -201,9 +205,7 @@ def _train(family, grad, steps=4):
   cfg = experiment_config()
   cfg.optim.lr, cfg.optim.warmup_steps, cfg.optim.eps = 1e-2, 0, 1e-4
   cfg.train.sparse_grad = grad
-  tuner = MaskedFinetuner(
-    model.apply, roles, indices, cfg, num_classes=5, total_steps=steps
-  )
+  tuner = MaskedFinetuner(model.apply, roles, indices, cfg, num_classes=5, total_steps=steps)
   state, frozen, aux = tuner.init(base)
   rng = np.random.default_rng(5)
   s = model.image_size
@@ -248,7 +250,9 @@ def test_sparse_gradients_drop_the_dense_weight_gradients_of_the_train_step():
   rng = np.random.default_rng(0)
   sel = roles_lib.leaves_with_role(roles, 'select')
   indices = {p: _indices(rng, r.fan_in, r.num_neurons, 1) for p, r in sel.items()}
-  kernel_shapes = {r.shape for r in sel.values()} | {(r.fan_in, r.num_neurons) for r in sel.values()}
+  kernel_shapes = {r.shape for r in sel.values()} | {
+    (r.fan_in, r.num_neurons) for r in sel.values()
+  }
   batch = {'image': np.zeros((8, 32, 32, 3), np.float32), 'label': np.zeros(8, np.int32)}
   flops, kernel_ops = {}, {}
   for grad in ('on', 'off'):
@@ -258,7 +262,9 @@ def test_sparse_gradients_drop_the_dense_weight_gradients_of_the_train_step():
     state, frozen, aux = tuner.init(base)
     compiled = tuner.train_step.lower(state, frozen, aux, batch, jax.random.PRNGKey(0)).compile()
     flops[grad] = compiled.cost_analysis()['flops']
-    shapes_out = [tuple(int(d) for d in m.split(',') if d) for m in KERNEL_OP.findall(compiled.as_text())]
+    shapes_out = [
+      tuple(int(d) for d in m.split(',') if d) for m in KERNEL_OP.findall(compiled.as_text())
+    ]
     kernel_ops[grad] = [s for s in shapes_out if s in kernel_shapes]
   # 'off': one per block kernel (the patch embedding's is not a plain dot/convolution on
   # XLA:CPU); 'on': none at all.

@@ -117,8 +117,13 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument('--model', default='vit_b16', help=f'{backbones}, <family>:<variant> (vit:Ti/16)')
   p.add_argument('--model-override', action='append', default=[], metavar='KEY=VALUE',
                  help='a model config field, e.g. hidden_size=64 (repeatable)')  # fmt: skip
-  p.add_argument('--train', action='append', default=[], metavar='KEY=VALUE',
-                 help='a config.train field for every method, e.g. base_dtype=bfloat16 (repeatable)')
+  p.add_argument(
+    '--train',
+    action='append',
+    default=[],
+    metavar='KEY=VALUE',
+    help='a config.train field for every method, e.g. base_dtype=bfloat16 (repeatable)',
+  )
   p.add_argument('--image-size', type=int, default=224)
   p.add_argument('--classes', type=int, default=100, help='classes of the task head')
   p.add_argument('--batch', type=int, default=32, help='batch of the FLOPs / memory analysis')

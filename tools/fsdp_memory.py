@@ -79,7 +79,9 @@ def measure(args, method: str, grad: str, mesh_spec: dict) -> tuple[float, list]
   compiled = tuner.train_step.lower(*parts, batch, jax.random.PRNGKey(0)).compile()
   m = compiled.memory_analysis()
   live = m.argument_size_in_bytes + m.temp_size_in_bytes + m.output_size_in_bytes
-  gathers = [tuple(int(d) for d in s.split(',') if d) for s in ALL_GATHER.findall(compiled.as_text())]
+  gathers = [
+    tuple(int(d) for d in s.split(',') if d) for s in ALL_GATHER.findall(compiled.as_text())
+  ]
   return (live - m.alias_size_in_bytes) / 2**20, gathers
 
 
@@ -93,7 +95,9 @@ def main(argv=None) -> int:
     print(f'error: --set {args.set}: give KEY=INTEGER fields of the ViT config', file=sys.stderr)
     return 2
   if args.batch % args.devices:
-    print(f'error: --batch={args.batch} must be a multiple of --devices={args.devices}', file=sys.stderr)
+    print(
+      f'error: --batch={args.batch} must be a multiple of --devices={args.devices}', file=sys.stderr
+    )
     return 2
   flags = os.environ.get('XLA_FLAGS', '')
   os.environ['XLA_FLAGS'] = f'{flags} --xla_force_host_platform_device_count={args.devices}'
@@ -107,12 +111,19 @@ def main(argv=None) -> int:
   n = args.devices
   out = {}
   for method, grad in runs:
-    for name, spec in ((f'data={n}', {'data': n, 'fsdp': 1}), (f'fsdp={n}', {'data': 1, 'fsdp': n})):
+    for name, spec in (
+      (f'data={n}', {'data': n, 'fsdp': 1}),
+      (f'fsdp={n}', {'data': 1, 'fsdp': n}),
+    ):
       live, gathers = measure(args, method, grad, spec)
       out[f'{method}:{grad}:{name}'] = {'live_mib': live, 'all_gathers': gathers}
       batchy = [s for s in gathers if s and s[0] in (args.batch, 2 * args.batch)]
-      shown = ', '.join('x'.join(map(str, s)) for s in batchy[:3]) + (' ...' if len(batchy) > 3 else '')
-      print(f'| {method} | {grad} | {name} | {live:,.1f} | {len(gathers)} | {len(batchy)} {shown} |')
+      shown = ', '.join('x'.join(map(str, s)) for s in batchy[:3]) + (
+        ' ...' if len(batchy) > 3 else ''
+      )
+      print(
+        f'| {method} | {grad} | {name} | {live:,.1f} | {len(gathers)} | {len(batchy)} {shown} |'
+      )
   if args.json:
     with open(args.json, 'w') as f:
       json.dump(out, f)

@@ -11,42 +11,19 @@ from gps_jax import sparse_grad
 from gps_jax import tree as tree_lib
 from gps_jax import updates
 from gps_jax.config_defaults import experiment_config
-from gps_jax.models import ConvNeXt, SwinTransformer, ViT
+from gps_jax.models import ViT
 from gps_jax.models.layers import blocks
 from gps_jax.trainer import MaskedFinetuner
 
-from tiny import TINY, random_params
+from tiny import FAMILIES, TINY, model_shapes, random_params
 
-FAMILIES = {
-  'vit': lambda **kw: ViT(**TINY, **kw),
-  'swin': lambda **kw: SwinTransformer(
-    num_classes=5,
-    image_size=16,
-    patch_size=4,
-    embed_dim=8,
-    depths=(2, 2),
-    num_heads=(1, 2),
-    window_size=2,
-    **kw,
-  ),  # fmt: skip
-  'convnext': lambda **kw: ConvNeXt(
-    num_classes=5, image_size=32, depths=(1, 1), dims=(8, 16), **kw
-  ),
-}
-
-
-def _shapes(model):
-  s = model.image_size
-  return jax.eval_shape(
-    lambda r: model.init(r, jnp.zeros((1, s, s, 3)), train=False), jax.random.PRNGKey(0)
-  )['params']
 
 
 @pytest.mark.parametrize('family', sorted(FAMILIES))
 def test_remat_keeps_names_values_and_gradients(family):
   plain, remat = FAMILIES[family](), FAMILIES[family](remat='nothing_saveable')
-  shapes = _shapes(plain)
-  assert jax.tree.map(lambda s: s.shape, _shapes(remat)) == jax.tree.map(lambda s: s.shape, shapes)
+  shapes = model_shapes(plain)
+  assert jax.tree.map(lambda s: s.shape, model_shapes(remat)) == jax.tree.map(lambda s: s.shape, shapes)
   params = tree_lib.unflat({p: jnp.asarray(v) for p, v in random_params(shapes).items()})
   s = plain.image_size
   x = jnp.asarray(np.random.default_rng(0).normal(size=(2, s, s, 3)), jnp.float32)
@@ -68,7 +45,7 @@ def test_unknown_policy_is_refused():
 
 
 def _step_memory(model, grad='off'):
-  shapes = _shapes(model)
+  shapes = model_shapes(model)
   roles = roles_lib.assign_roles(shapes)
   indices = {
     p: np.zeros((r.num_neurons, 1), np.int32)
@@ -112,7 +89,7 @@ def test_remat_lowers_the_step_memory():
 
 def test_k_entry_gradients_inside_remat_blocks():
   model = ViT(**TINY, remat='nothing_saveable')
-  shapes = _shapes(model)
+  shapes = model_shapes(model)
   base = {p: jnp.asarray(v) for p, v in random_params(shapes).items()}
   roles = roles_lib.assign_roles(shapes)
   rng = np.random.default_rng(0)

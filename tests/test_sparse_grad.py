@@ -14,10 +14,10 @@ from gps_jax import sparse_grad
 from gps_jax import tree as tree_lib
 from gps_jax import updates
 from gps_jax.config_defaults import experiment_config
-from gps_jax.models import ConvNeXt, SwinTransformer, ViT
+from gps_jax.models import ViT
 from gps_jax.trainer import MaskedFinetuner
 
-from tiny import TINY, random_params
+from tiny import FAMILIES, model_shapes, random_params
 
 # The key bias has an exactly-zero true gradient (softmax is shift-invariant): its
 # computed gradient is rounding noise of either path, never compared.
@@ -99,27 +99,12 @@ def test_rule():
 # ----------------------------------------------------------------------------
 # every kernel kind of the three families: the same loss and gradients as autodiff
 # ----------------------------------------------------------------------------
-FAMILIES = {
-  'vit': lambda: ViT(**TINY),
-  'swin': lambda: SwinTransformer(
-    num_classes=5,
-    image_size=16,
-    patch_size=4,
-    embed_dim=8,
-    depths=(1, 1),
-    num_heads=(1, 2),
-    window_size=2,
-  ),  # fmt: skip
-  'convnext': lambda: ConvNeXt(num_classes=5, image_size=32, depths=(1, 1), dims=(8, 16)),
-}
 
 
 def _setup(family, k=2, seed=0):
   model = FAMILIES[family]()
   s = model.image_size
-  shapes = jax.eval_shape(
-    lambda r: model.init(r, jnp.zeros((1, s, s, 3)), train=False), jax.random.PRNGKey(0)
-  )['params']
+  shapes = model_shapes(model)
   base = {p: jnp.asarray(v) for p, v in random_params(shapes, seed).items()}
   roles = roles_lib.assign_roles(shapes)
   rng = np.random.default_rng(seed + 1)

@@ -6,7 +6,7 @@ import numpy as np
 
 from gps_jax import tree as tree_lib
 
-from gps_jax.models import ViT
+from gps_jax.models import ConvNeXt, SwinTransformer, ViT
 
 TINY = dict(
   num_classes=5, patch_size=4, hidden_size=16, num_layers=2, num_heads=2, mlp_dim=32, image_size=8
@@ -37,3 +37,24 @@ def random_params(shapes, seed=0):
       v = 0.1 * rng.normal(size=s.shape)
     out[p] = v.astype(np.float32)
   return out
+
+
+# One tiny model of each family (the Swin one with a shifted-window block per stage).
+FAMILIES = {
+  'vit': lambda **kw: ViT(**TINY, **kw),
+  'swin': lambda **kw: SwinTransformer(
+    num_classes=5, image_size=16, patch_size=4, embed_dim=8, depths=(2, 2), num_heads=(1, 2),
+    window_size=2, **kw,
+  ),  # fmt: skip
+  'convnext': lambda **kw: ConvNeXt(
+    num_classes=5, image_size=32, depths=(1, 1), dims=(8, 16), **kw
+  ),
+}
+
+
+def model_shapes(model):
+  """Abstract parameters (jax.eval_shape) of any model of the families."""
+  s = model.image_size
+  return jax.eval_shape(
+    lambda r: model.init(r, jnp.zeros((1, s, s, 3)), train=False), jax.random.PRNGKey(0)
+  )['params']

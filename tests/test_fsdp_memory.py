@@ -44,7 +44,7 @@ def test_fsdp_needs_no_more_memory_than_data_parallel(steps, run):
 
 
 def test_bad_flags_are_one_line():
-  for bad in (['--runs=gps:maybe'], ['--batch=60'], ['--set=hidden_size']):
+  for bad in (['--runs=gps:maybe'], ['--batch=60'], ['--set=hidden_size'], ['--model=Q/16']):
     proc = subprocess.run(
       [sys.executable, 'tools/fsdp_memory.py', *bad], cwd=REPO, capture_output=True, text=True
     )

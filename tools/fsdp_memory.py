@@ -115,7 +115,11 @@ def main(argv=None) -> int:
       (f'data={n}', {'data': n, 'fsdp': 1}),
       (f'fsdp={n}', {'data': 1, 'fsdp': n}),
     ):
-      live, gathers = measure(args, method, grad, spec)
+      try:
+        live, gathers = measure(args, method, grad, spec)
+      except ValueError as e:  # an unknown variant or method, a field that does not fit
+        print(f'error: {e}', file=sys.stderr)
+        return 2
       out[f'{method}:{grad}:{name}'] = {'live_mib': live, 'all_gathers': gathers}
       batchy = [s for s in gathers if s and s[0] in (args.batch, 2 * args.batch)]
       shown = ', '.join('x'.join(map(str, s)) for s in batchy[:3]) + (

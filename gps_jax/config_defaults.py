@@ -127,12 +127,12 @@ def experiment_config() -> ml_collections.ConfigDict:
   # run trains epochs + cooldown_epochs, the lr schedule covers `epochs` only.
   c.train.cooldown_epochs = 0
   c.train.update_mode = 'sparse'  # sparse | dense
-  # sparse mode's weight gradients (gps_jax.sparse_grad): off = effective kernels and
-  # autodiff's dense weight gradients; on = K entries per neuron for every Dense /
-  # attention / patch-conv kernel (~2/3 of the step's FLOPs, but more compiled memory on
-  # XLA:CPU so far: README "The cost of a step"); auto = on where K <= fan-in / 64, except
-  # on XLA:CPU, where the layer sweep found it slower for every kernel (so: never).
-  c.train.sparse_grad = 'off'
+  # sparse mode's weight gradients (gps_jax.sparse_grad): auto = K entries per neuron
+  # (no dense weight gradient) for the Dense / attention / patch-conv kernels whose K is at
+  # most MAX_K_SHARE of the fan-in (1/384, measured: README "The cost of a step"), effective
+  # kernels and autodiff's dense weight gradients for the rest; on = K-entry for every such
+  # kernel; off = for none. The values trained are the same.
+  c.train.sparse_grad = 'auto'
   # The frozen base's dtype in the step: float32 | bfloat16 (half its memory; deltas,
   # trained leaves and optimizer state stay float32).
   c.train.base_dtype = 'float32'

@@ -1,19 +1,19 @@
-"""K-entry weight gradients: the forward and backward of a sparse delta without dense kernels.
+"""K-entry weight gradients: the backward of a sparse delta without dense weight gradients.
 
-With the effective kernel ``base + scatter(delta)`` in the forward, autodiff keeps
-a copy of every selected kernel for the backward and computes each kernel's dense
-``[fan_in, neurons]`` weight gradient before gathering its K entries. Here the
-module runs on its frozen base kernel (no weight gradient: the base is not
-differentiated) and the delta adds its term beside it::
+With the effective kernel ``base + scatter(delta)`` built by autodiff, the backward
+computes each selected kernel's dense ``[fan_in, neurons]`` weight gradient before
+gathering its K entries, and keeps the effective kernel for it. Here a selected
+kernel's matmul is one op with its own VJP::
 
-    y = module(x; base) + correction(x),   correction(x)[..., n] = sum_k x[..., idx[n, k]] * delta[n, k]
+    y = x @ (base + scatter(idx, delta))
+    dx = dy @ (base + scatter(idx, delta))^T      (the effective kernel rebuilt, then freed)
+    d_delta[n, k] = sum_tokens x[..., idx[n, k]] * dy[..., n]
 
-`correction` has a custom VJP: the input gradient gets ``dy[..., n] * delta[n, k]``
-scattered back at ``idx[n, k]``, and the delta's gradient is
-``sum_tokens x[..., idx[n, k]] * dy[..., n]``: K entries per neuron, no dense
-buffer, no scatter of the delta into a kernel. Its residual is the layer's input,
-which the base matmul's own backward does not need but the layer before
-usually keeps.
+so the weight gradient costs K multiply-adds per neuron and token instead of the
+fan-in's, no dense weight-gradient buffer exists, and no effective kernel is kept
+from the forward to the backward. Its residual is the layer's input. (Keeping only
+the K input columns each neuron reads, where they are fewer, measured no lower on
+XLA:CPU: the compiler fuses the gather into the backward and keeps the input anyway.)
 
 `interceptor` applies this through `flax.linen.intercept_methods` to the modules
 whose kernel is selected, so the models stay plain Flax: a `nn.Dense`, a
@@ -23,16 +23,14 @@ ConvNeXt's downsampling: a Dense on patches). Any other selected kernel (the
 depthwise 7x7 convs of ConvNeXt) runs its module on the effective kernel, as
 every kernel does under ``mode='off'``; `takes_sparse` is the rule.
 
-Status (README "The cost of a step"): gradients equal autodiff's and the step's
-FLOPs drop by the dense weight gradients, but on XLA:CPU the gathers and the
-scatter are not fused, their (tokens, neurons) temporaries raise the compiled
-peak, and each layer's forward and backward is slower than the dense one even at
-K = 1; so ``config.train.sparse_grad`` is 'off' by default and 'auto' never takes
-it on CPU. Its GPU cost is not measured yet.
+The rule is measured (`tools/benchmark.py --layers`, README "The cost of a step"):
+per layer the K-entry path beats the dense one while K is a small share of the
+fan-in; ``config.train.sparse_grad='auto'`` takes it up to `MAX_K_SHARE`.
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable, Mapping
 
 import flax.linen as nn
@@ -43,42 +41,57 @@ from gps_jax import sparse
 
 MODES = ('auto', 'on', 'off')
 
-# auto: K-entry gradients where K is at most this share of the fan-in, on accelerators.
-# The correction costs a few T*N*K gathers and adds per pass against the T*F*N
-# multiply-adds of the dense weight gradient it replaces, but gathers and scatters run
-# far below matmul speed. On XLA:CPU the layer sweep (tools/benchmark.py --layers, README)
-# found it slower for every ViT-S kernel even at K = 1, so auto never takes it there; on a
-# GPU this share is provisional until the sweep runs on one. Depthwise convs always take
-# the dense path (their dense weight gradient costs what their forward costs).
-MAX_K_SHARE = 1 / 64
-SLOWER_ON = ('cpu',)  # backends where the layer sweep found the K-entry path slower
+# auto: K-entry gradients where K is at most this share of the fan-in. Measured on XLA:CPU
+# with the ViT-S/16 and ViT-B/16 kernel shapes (tools/benchmark.py --layers, README "The cost
+# of a step"): faster than the dense path on every shape up to K / fan-in = 1/384 (K = 1 on
+# fan-in 384; K = 4 on 1536 and 3072), slower on some at 1/192 and above. A GPU has not run
+# the sweep yet. Depthwise convs always take the dense path (their dense weight gradient
+# costs what their forward costs).
+MAX_K_SHARE = 1 / 384
 
 
 # -- the op --------------------------------------------------------------------
-@jax.custom_vjp
-def correction(x: jax.Array, idx: jax.Array, delta: jax.Array) -> jax.Array:
-  """(T, F) inputs, (N, K) fan-in indices and values -> (T, N): x @ scatter(delta)."""
-  # Multiply and sum, not einsum: a dot cannot take the gather into its fusion, a reduction
-  # can, so a compiler may avoid materialising the (T, N, K) gathered inputs (XLA:CPU does
-  # not: README "The cost of a step").
-  return jnp.sum(jnp.take(x, idx, axis=1) * delta, axis=-1)
+def effective(base: jax.Array, idx: jax.Array, delta: jax.Array) -> jax.Array:
+  """(F, N) base + the (N, K) delta at rows idx, in the wider dtype."""
+  return sparse.scatter_add(jnp.asarray(base), idx, delta, 1)
 
 
-def _correction_fwd(x, idx, delta):
-  return correction(x, idx, delta), (x, idx, delta)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
+def delta_matmul(x: jax.Array, base: jax.Array, idx: jax.Array, delta: jax.Array,
+                 precision=None) -> jax.Array:  # fmt: skip
+  """(T, F) inputs @ (base + scatter(idx, delta)) -> (T, N), in x's dtype.
+
+  The base is frozen: its cotangent is zero. The delta's gradient has K entries per neuron.
+  """
+  return jnp.dot(x, effective(base, idx, delta).astype(x.dtype), precision=precision)
 
 
-def _correction_bwd(res, dy):
-  x, idx, delta = res
-  d_delta = jnp.sum(jnp.take(x, idx, axis=1) * dy[:, :, None], axis=0).astype(delta.dtype)
-  # dx[:, f] += dy[:, n] * delta[n, k] wherever idx[n, k] == f. A column scatter: on
-  # XLA:CPU about as fast as a row segment-sum with its two transposes, and with fewer
-  # temporaries in XLA's memory analysis (no transposed copies).
-  dx = jnp.zeros_like(x).at[:, idx].add((dy[:, :, None] * delta[None]).astype(x.dtype))
-  return dx, None, d_delta
+def _delta_matmul_fwd(x, base, idx, delta, precision):
+  return delta_matmul(x, base, idx, delta, precision), (x, base, idx, delta)
 
 
-correction.defvjp(_correction_fwd, _correction_bwd)
+def _after(a: jax.Array, dy: jax.Array) -> jax.Array:
+  """`a` plus an exact zero computed from `dy`: a value the backward builds from forward
+  tensors alone (the layer input transposed, the effective kernel) then waits for this
+  layer's output gradient. XLA:CPU otherwise builds every layer's such buffers at the start
+  of the backward and holds them all (optimization barriers it drops): on ViT-S/16 at batch
+  8 the step's peak was 1,276 MiB with them and 972 without (README "The cost of a step").
+  The zero is 0 * isnan(dy[0]): a NaN or inf gradient does not leak through it."""
+  zero = jnp.isnan(dy.reshape(-1)[0]).astype(a.dtype) * 0
+  return a + zero
+
+
+def _delta_matmul_bwd(precision, res, dy):
+  x, base, idx, delta = res
+  w = effective(_after(jnp.asarray(base), dy), idx, delta)
+  dx = jnp.dot(dy, w.astype(dy.dtype).T, precision=precision)
+  # Rows of x^T gathered, not columns of x: each row is contiguous, which on XLA:CPU made
+  # the gather-reduce 2-3x faster than the column gather.
+  d_delta = jnp.einsum('nkt,nt->nk', _after(x, dy).T[idx], dy.T, precision=precision)
+  return dx.astype(x.dtype), None, None, d_delta.astype(delta.dtype)
+
+
+delta_matmul.defvjp(_delta_matmul_fwd, _delta_matmul_bwd)
 
 
 # -- which modules take it -------------------------------------------------------
@@ -119,17 +132,11 @@ def kind_of(module: nn.Module, x: jax.Array, fan_in_ndim: int) -> str | None:
   return None
 
 
-def takes_sparse(
-  kind: str | None, k: int, fan_in: int, mode: str, backend: str | None = None
-) -> bool:
-  """The rule: K-entry gradients for a matmul kind under `mode`; 'auto': K <= MAX_K_SHARE *
-  fan-in, and never on a backend of SLOWER_ON (default: jax's default backend)."""
+def takes_sparse(kind: str | None, k: int, fan_in: int, mode: str) -> bool:
+  """The rule: K-entry gradients for a matmul kind under `mode`; 'auto': K <= MAX_K_SHARE * fan-in."""
   if kind is None or mode == 'off':
     return False
-  if mode == 'on':
-    return True
-  backend = backend or jax.default_backend()
-  return backend not in SLOWER_ON and k <= MAX_K_SHARE * fan_in
+  return mode == 'on' or k <= MAX_K_SHARE * fan_in
 
 
 def _patches(x: jax.Array, ks: tuple[int, int]) -> jax.Array:
@@ -141,14 +148,19 @@ def _patches(x: jax.Array, ks: tuple[int, int]) -> jax.Array:
   return x.transpose(0, 1, 3, 2, 4, 5).reshape(b, oh, ow, kh * kw * c)
 
 
-def _correction_of(module: nn.Module, x: jax.Array, kind: str, idx, delta, fan_in_ndim: int):
-  """(tokens, neurons): the delta's term of `module` on `x`, in the module's compute dtype."""
-  dtype = module.dtype or jnp.result_type(x, delta)
-  if kind == 'patch':
-    x = _patches(x, tuple(module.kernel_size))
-    fan_in_ndim = 1
-  rows = x.reshape(-1, _prod(x.shape[x.ndim - fan_in_ndim :])).astype(dtype)
-  return correction(rows, idx, delta.astype(dtype))
+def _sparse_call(module: nn.Module, x: jax.Array, kind: str, kernel, idx, delta, fan_in_ndim: int):
+  """What `module` returns on `x` with `kernel` + the delta, its matmul done by `delta_matmul`
+  (flax's Dense / DenseGeneral / Conv: promote to the module's dtype, contract, add the bias)."""
+  bias = module.get_variable('params', 'bias') if module.use_bias else None
+  dtype = module.dtype or jnp.result_type(x, kernel, delta)
+  features = kernel.shape[fan_in_ndim:]
+  if kind == 'patch':  # (kh, kw, C) windows as the rows of a Dense
+    x, fan_in_ndim = _patches(x, tuple(module.kernel_size)), 1
+  lead, fan_in = x.shape[: x.ndim - fan_in_ndim], _prod(x.shape[x.ndim - fan_in_ndim :])
+  rows = x.reshape(-1, fan_in).astype(dtype)
+  y = delta_matmul(rows, kernel.reshape(fan_in, -1), idx, delta, module.precision)
+  y = y.reshape(*lead, *features)
+  return y if bias is None else y + bias.astype(dtype)
 
 
 def _prod(shape) -> int:
@@ -188,9 +200,7 @@ def interceptor(
     kind = kind_of(module, x, fan_in_ndim)
     if takes_sparse(kind, idx.shape[1], fan_in, mode):
       seen[path] = 'sparse'
-      y = next_fun(*args, **kwargs)  # the frozen base: no weight gradient
-      extra = _correction_of(module, x, kind, idx, delta, fan_in_ndim)
-      return y + extra.reshape(y.shape).astype(y.dtype)
+      return _sparse_call(module, x, kind, kernel, idx, delta, fan_in_ndim)
     seen[path] = 'dense'
     effective = sparse.scatter_add(kernel, idx, delta, fan_in_ndim)
     return _effective_call(module, effective, args, kwargs)

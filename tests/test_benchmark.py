@@ -13,8 +13,8 @@ import pytest
 from gps_jax import sparse_grad
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-METHODS = ('full', 'gps', 'gps_dense', 'gps_kentry', 'linear', 'bitfit', 'lora')
-# A fan-in with K=1 <= MAX_K_SHARE * fan-in (auto's rule off XLA:CPU; gps_kentry runs 'on').
+METHODS = ('full', 'gps', 'gps_kentry', 'gps_autodiff', 'gps_dense', 'linear', 'bitfit', 'lora')
+# Fan-ins with K=1 <= MAX_K_SHARE * fan-in (auto's rule), but not the 8x8x3 patch embedding's.
 WIDTH = 64 * math.ceil(1 / (64 * sparse_grad.MAX_K_SHARE))
 TINY = [
   '--model=vit:Ti/8', '--image-size=32', '--classes=10',
@@ -55,11 +55,15 @@ def test_method_table_facts(tool, tmp_path, capsys):
   assert r['gps']['opt_state_ratio'] < 0.1
   assert r['gps_dense']['opt_state_ratio'] > 0.9
   assert r['linear']['flops'] < r['full']['flops']
-  # K=1 against fan-ins >= WIDTH: 'on' takes the K-entry path, 'off' never does, and
-  # dropping the dense weight gradients shows in XLA's FLOPs.
-  assert r['gps_kentry']['k_entry_kernels'] > 0 and r['gps']['k_entry_kernels'] == 0
-  assert r['gps']['selected_kernels'] == r['gps_kentry']['selected_kernels'] > 0
-  assert r['gps_kentry']['flops'] < r['gps']['flops']
+  # K=1: 'on' takes the K-entry path for every kernel, 'off' for none, 'auto' (gps) for all
+  # but the patch embedding (fan-in 192 < 1 / MAX_K_SHARE); dropping the dense weight
+  # gradients shows in XLA's FLOPs.
+  selected = r['gps']['selected_kernels']
+  assert selected == r['gps_kentry']['selected_kernels'] == r['gps_autodiff']['selected_kernels']
+  assert r['gps_kentry']['k_entry_kernels'] == selected > 1
+  assert r['gps']['k_entry_kernels'] == selected - 1
+  assert r['gps_autodiff']['k_entry_kernels'] == 0
+  assert r['gps_kentry']['flops'] < r['gps']['flops'] < r['gps_autodiff']['flops']
   # After merging, every method here evaluates the plain backbone.
   assert r['gps']['eval_flops'] == r['full']['eval_flops']
   assert r['lora']['eval_flops'] == r['full']['eval_flops']

@@ -31,36 +31,56 @@ def _indices(rng, fan_in, neurons, k):
 # ----------------------------------------------------------------------------
 # the op against NumPy
 # ----------------------------------------------------------------------------
-def test_correction_and_its_vjp_match_numpy():
+def test_delta_matmul_and_its_vjp_match_numpy():
   rng = np.random.default_rng(0)
   t, f, n, k = 7, 6, 5, 3
   x = rng.normal(size=(t, f)).astype(np.float32)
+  base = rng.normal(size=(f, n)).astype(np.float32)
   idx = _indices(rng, f, n, k)
   idx[1] = idx[0]  # two neurons on the same inputs: the input gradient adds both
   delta = rng.normal(size=(n, k)).astype(np.float32)
   dy = rng.normal(size=(t, n)).astype(np.float32)
 
-  want_y = np.zeros((t, n), np.float32)
-  want_dx = np.zeros((t, f), np.float32)
-  want_dd = np.zeros((n, k), np.float32)
+  w = base.astype(np.float64)
+  want_dd = np.zeros((n, k))
   for j in range(n):
     for s in range(k):
-      want_y[:, j] += x[:, idx[j, s]] * delta[j, s]
-      want_dx[:, idx[j, s]] += dy[:, j] * delta[j, s]
-      want_dd[j, s] = np.sum(x[:, idx[j, s]] * dy[:, j])
+      w[idx[j, s], j] += delta[j, s]
+      want_dd[j, s] = np.sum(x[:, idx[j, s]].astype(np.float64) * dy[:, j])
+  want_y, want_dx = x @ w, dy @ w.T
 
-  y, vjp = jax.vjp(lambda x_, d_: sparse_grad.correction(x_, jnp.asarray(idx), d_), x, delta)
-  dx, dd = vjp(jnp.asarray(dy))
-  np.testing.assert_allclose(y, want_y, rtol=1e-5, atol=1e-6)
-  np.testing.assert_allclose(dx, want_dx, rtol=1e-5, atol=1e-6)
-  np.testing.assert_allclose(dd, want_dd, rtol=1e-5, atol=1e-6)
-  # The same as autodiff of x @ (scatter of delta) under jit.
-  dense = np.zeros((f, n), np.float32)
-  for j in range(n):
-    for s in range(k):
-      dense[idx[j, s], j] += delta[j, s]
-  _, ref = jax.vjp(lambda x_: x_ @ jnp.asarray(dense), x)
-  np.testing.assert_allclose(jax.jit(vjp)(jnp.asarray(dy))[0], ref(jnp.asarray(dy))[0], atol=1e-5)
+  def f_(x_, d_):
+    return sparse_grad.delta_matmul(x_, jnp.asarray(base), jnp.asarray(idx), d_)
+
+  for fn in (f_, jax.jit(f_)):
+    y, vjp = jax.vjp(fn, x, delta)
+    dx, dd = vjp(jnp.asarray(dy))
+    np.testing.assert_allclose(y, want_y, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(dx, want_dx, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(dd, want_dd, rtol=1e-5, atol=1e-5)
+  # The frozen base gets no gradient; a bfloat16 base keeps the float32 delta whole.
+  gb = jax.grad(lambda b: sparse_grad.delta_matmul(x, b, jnp.asarray(idx), delta).sum())(base)
+  assert not np.any(gb)
+  half = jnp.asarray(base, jnp.bfloat16)
+  w16 = np.asarray(half, np.float64) + (w - base)
+  y16 = sparse_grad.delta_matmul(x, half, jnp.asarray(idx), delta)
+  np.testing.assert_allclose(y16, x @ w16, rtol=1e-5, atol=1e-5)
+
+
+def test_delta_matmul_has_no_dense_weight_gradient():
+  """The compiled backward contracts over tokens only K entries a neuron: no (F, N) dot."""
+  t, f, n = 64, 96, 80
+  x, dy = jnp.ones((t, f)), jnp.ones((t, n))
+  base, idx, delta = jnp.ones((f, n)), jnp.zeros((n, 1), jnp.int32), jnp.ones((n, 1))
+
+  def run(x_, d_):
+    y, vjp = jax.vjp(lambda a, b: sparse_grad.delta_matmul(a, base, idx, b), x_, d_)
+    return vjp(dy)
+
+  hlo = jax.jit(run).lower(x, delta).compile().as_text()
+  assert f'f32[{f},{n}]' in hlo  # the effective kernel, rebuilt for dx
+  dots = re.findall(r'= f32\[([0-9,]+)\][^ ]* dot\(', hlo)
+  assert dots and f'{f},{n}' not in dots and f'{n},{f}' not in dots, dots
 
 
 # ----------------------------------------------------------------------------
@@ -88,9 +108,11 @@ def test_kind_of(module, x, fan_in_ndim, want):
 
 
 def test_rule():
-  assert sparse_grad.takes_sparse('dense', 1, 768, 'auto', backend='gpu')
-  assert not sparse_grad.takes_sparse('dense', 768, 768, 'auto', backend='gpu')
-  assert not sparse_grad.takes_sparse('dense', 1, 768, 'auto', backend='cpu')  # measured slower
+  share = sparse_grad.MAX_K_SHARE
+  assert sparse_grad.takes_sparse('dense', 1, round(1 / share), 'auto')
+  assert sparse_grad.takes_sparse('dense', 2, round(2 / share), 'auto')
+  assert not sparse_grad.takes_sparse('dense', 2, round(1 / share), 'auto')
+  assert not sparse_grad.takes_sparse('dense', 768, 768, 'auto')
   assert sparse_grad.takes_sparse('dense', 768, 768, 'on')
   assert not sparse_grad.takes_sparse('dense', 1, 768, 'off')
   assert not sparse_grad.takes_sparse(None, 1, 768, 'on')  # depthwise: always dense

@@ -31,9 +31,11 @@ Below the table: the selection pass (GPS's SupCon score step,
 fine-tuning's train step, timed in the same rounds. GPS's indices are K random inputs per
 neuron: the scores choose which entries train, not what a step costs.
 
-Methods: full, gps (sparse delta, the default config.train.sparse_grad='off': effective
-kernels, autodiff's dense weight gradients), gps_dense (dense masked rule), gps_kentry
-(sparse delta with K-entry weight gradients: sparse_grad='on'), linear, bitfit, lora, ssf, adapter, vpt_shallow, vpt_deep.
+Methods: full, gps (sparse delta with the default config.train.sparse_grad='auto': K-entry
+weight gradients where K <= MAX_K_SHARE * fan-in), gps_kentry (K-entry for every matmul
+kernel: 'on'), gps_autodiff (effective kernels and autodiff's dense weight gradients:
+'off'), gps_dense (dense masked rule), linear, bitfit, lora, ssf, adapter, vpt_shallow,
+vpt_deep.
 `full` is always measured (the ratios need it); a method whose layers the backbone family
 lacks (VPT outside ViT) is skipped with a note.
 
@@ -41,7 +43,7 @@ lacks (VPT outside ViT) is skipped with a note.
 (default: the model's MLP fc1 and fc2, q/k/v and attention out) on T tokens (default: wall
 batch x tokens per image) and every K of --ks, the forward and backward (gradients of the
 layer input and of the delta) of the dense path ``x @ scatter_add(W, idx, delta)`` against
-the K-entry path ``x @ W + correction(x, idx, delta)``, interleaved over rounds, with XLA's
+the K-entry path ``sparse_grad.delta_matmul(x, W, idx, delta)``, interleaved over rounds, with XLA's
 FLOPs of both, and the largest K / fan-in share up to which the K-entry path is faster for
 every shape.
 """
@@ -87,9 +89,10 @@ MIB = 2**20
 # Table name -> (config.method, config.train.update_mode, config.train.sparse_grad).
 SETTINGS: dict[str, tuple[str, str, str]] = {
   'full': ('full', 'sparse', 'off'),
-  'gps': ('gps', 'sparse', 'off'),
-  'gps_dense': ('gps', 'dense', 'off'),
+  'gps': ('gps', 'sparse', 'auto'),
   'gps_kentry': ('gps', 'sparse', 'on'),
+  'gps_autodiff': ('gps', 'sparse', 'off'),
+  'gps_dense': ('gps', 'dense', 'off'),
   # The registry's own methods, each with its own rules and update rule.
   **{
     m: (m, 'sparse', 'off')
@@ -625,8 +628,8 @@ def render(rows: dict, args: argparse.Namespace, notes: list[str]) -> str:
     '(methods round-robin, one warm-up step each per round). Ratios are to full.',
     'Random weights; GPS indices: K random inputs per neuron (the selection scores do not '
     "change a step's cost). K-entry a/b: selected kernels on sparse_grad's K-entry path "
-    f'(MAX_K_SHARE = {_share(sparse_grad.MAX_K_SHARE)}); gps runs sparse_grad=off '
-    f"(the config's default: {_default_grad()}), gps_kentry on.",
+    f'(MAX_K_SHARE = {_share(sparse_grad.MAX_K_SHARE)}); gps runs sparse_grad=auto '
+    f"(the config's default: {_default_grad()}), gps_kentry on, gps_autodiff off.",
     *notes,
   ]
   return '\n'.join(lines)
@@ -667,7 +670,7 @@ def dense_path(x, w, idx, delta):
 
 
 def k_entry_path(x, w, idx, delta):
-  return x @ w + sparse_grad.correction(x, idx, delta)
+  return sparse_grad.delta_matmul(x, w, idx, delta)
 
 
 PATHS = {'dense': dense_path, 'k_entry': k_entry_path}

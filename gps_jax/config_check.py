@@ -98,6 +98,13 @@ def _validate(c: ml_collections.ConfigDict) -> None:
   _one_of('data.source', c.data.source, SOURCES)
   _one_of('data.recipe', c.data.recipe, RECIPES)
   _number('gps.k', c.gps.k, integer=True)
+  _number('gps.score_chunks', c.gps.score_chunks, integer=True)
+  views = 2 * (c.gps.batch_size or c.data.batch_size)
+  if isinstance(views, int) and views % c.gps.score_chunks:
+    raise UserError(
+      f'config.gps.score_chunks={c.gps.score_chunks}: must divide the {views} views of a '
+      'selection batch (2 x gps.batch_size, or 2 x data.batch_size when that is 0)'
+    )
   _number('train.epochs', c.train.epochs, zero_ok=bool(c.train.steps))  # steps > 0 wins
   for key in POSITIVE:
     _number(key, _get(c, key))

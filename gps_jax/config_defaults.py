@@ -90,6 +90,9 @@ def experiment_config() -> ml_collections.ConfigDict:
   c.gps.temperature = 0.07
   c.gps.score = ''  # a key of gps_jax.scoring.SCORERS; empty = the method's
   c.gps.batch_size = 0  # selection batch size; 0 = data.batch_size
+  # The SupCon pass's backward in this many chunks of a batch's 2 x batch views
+  # (GradCache: the same scores, one chunk's activations, one more forward pass).
+  c.gps.score_chunks = 1
   # Where the budget goes (the paper's Table 6a), always with the entry count of the
   # neuron level: neuron (GPS: top-K inputs of every neuron) | layer (the top
   # K * neurons entries of each tensor) | net (the top entries over all candidates).

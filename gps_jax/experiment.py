@@ -209,6 +209,7 @@ def select_indices(
       temperature=config.gps.temperature,
       mesh=bb.mesh,
       num_classes=bb.num_classes,
+      chunks=config.gps.score_chunks,
     )
     scores, info = scoring.SCORERS[source](inputs)
     if workdir and config.gps.save_scores and source in scoring.DATA_SCORERS:  # score once, select many

@@ -40,19 +40,81 @@ HEAD_CE_STD = 0.02
 LossFn = Callable[[Any, jax.Array, jax.Array, jax.Array], jax.Array]
 
 
-def _make_grad_step(loss_fn: LossFn, candidates: Iterable[str], shardings: tuple | None):
+GradFn = Callable[[dict, dict, jax.Array, jax.Array, jax.Array], tuple[jax.Array, dict]]
+
+
+def _plain_grad(loss_fn: LossFn) -> GradFn:
+  """(loss, gradients w.r.t. the candidates) of `loss_fn` on the whole batch at once."""
+
+  def grad_fn(cand, rest, images, labels, rng):
+    def loss(c):
+      return loss_fn(tree_lib.unflat({**rest, **c}), images, labels, rng)
+
+    return jax.value_and_grad(loss)(cand)
+
+  return grad_fn
+
+
+def chunk_rows(a: jax.Array, chunks: int) -> jax.Array:
+  """(n, ...) -> (chunks, n / chunks, ...), row i * chunks + c in chunk c: each chunk takes
+  rows from every device's share of a batch-sharded array."""
+  return jnp.swapaxes(a.reshape(a.shape[0] // chunks, chunks, *a.shape[1:]), 0, 1)
+
+
+def unchunk_rows(a: jax.Array) -> jax.Array:
+  """The inverse of `chunk_rows`."""
+  return jnp.swapaxes(a, 0, 1).reshape(a.shape[0] * a.shape[1], *a.shape[2:])
+
+
+def _chunked_grad(features_fn: Callable, head_fn: Callable, chunks: int) -> GradFn:
+  """The same (loss, gradients) with the backbone's backward run `chunks` views at a time.
+
+  A loss over the whole batch (SupCon contrasts every view with every other) cannot be
+  split into per-chunk losses, but its gradient can (GradCache, Gao et al. 2021): the
+  features of all views without gradients, the loss and its gradient w.r.t. the features,
+  then per chunk the backbone's VJP of those feature gradients, summed. Exact; the
+  backward holds one chunk's activations, for one more forward pass. Chunk c's forward
+  gets the rng split(rng, chunks)[c] in both passes, so dropout and drop-path agree.
+  """
+
+  def grad_fn(cand, rest, images, labels, rng):
+    n = images.shape[0]
+    if n % chunks:
+      raise ValueError(
+        f'config.gps.score_chunks={chunks}: the {n} views of a selection batch do not '
+        'split into that many equal chunks'
+      )
+    keys = jax.random.split(rng, chunks)
+    parts = chunk_rows(images, chunks)
+
+    def features(c, x, key):
+      return features_fn(tree_lib.unflat({**rest, **c}), x, key)
+
+    feats = jax.lax.map(lambda xk: features(cand, *xk), (parts, keys))
+    value, d_feats = jax.value_and_grad(head_fn)(unchunk_rows(feats), labels)
+
+    def one_chunk(acc, xs):
+      x, key, d = xs
+      _, vjp = jax.vjp(lambda c: features(c, x, key), cand)
+      (g,) = vjp(d)
+      return jax.tree.map(jnp.add, acc, g), None
+
+    zeros = jax.tree.map(lambda v: jnp.zeros(v.shape, jnp.float32), cand)
+    grads, _ = jax.lax.scan(one_chunk, zeros, (parts, keys, chunk_rows(d_feats, chunks)))
+    return value, grads
+
+  return grad_fn
+
+
+def _make_grad_step(grad_fn: GradFn, candidates: Iterable[str], shardings: tuple | None):
   """A jitted `step(scores, params, batch, rng) -> (scores, loss)` that adds the gradient
-  of `loss_fn(nested params, images, labels, rng)` w.r.t. the candidates to `scores`."""
+  of the loss w.r.t. the candidates (`grad_fn`) to `scores`."""
   candidates = tuple(candidates)
 
   def step(scores, params, batch, rng):
     cand = {p: params[p] for p in candidates}
     rest = {p: v for p, v in params.items() if p not in cand}
-
-    def loss(c):
-      return loss_fn(tree_lib.unflat({**rest, **c}), batch['image'], batch['label'], rng)
-
-    value, grads = jax.value_and_grad(loss)(cand)
+    value, grads = grad_fn(cand, rest, batch['image'], batch['label'], rng)
     scores = {p: scores[p] + grads[p].astype(scores[p].dtype) for p in candidates}
     return scores, value
 
@@ -68,20 +130,35 @@ def _make_grad_step(loss_fn: LossFn, candidates: Iterable[str], shardings: tuple
   )
 
 
-def _supcon_loss(apply_fn: Callable, temperature: float) -> LossFn:
-  """SupCon on the L2-normalised features of both views of a two-view batch."""
+def _supcon_parts(apply_fn: Callable, temperature: float) -> tuple[Callable, Callable]:
+  """(features(params, images, rng), head(features, labels)): SupCon on the L2-normalised
+  features of both views of a two-view batch is head(features(...))."""
   # Each process contributes a view-major block [first views; second views] of its
   # own examples, so a global batch is P such blocks, in process order.
   blocks = jax.process_count()
 
-  def loss_fn(params, images, labels, rng):
-    _, features = apply_fn({'params': params}, images, train=True, rngs={'dropout': rng})
-    z = l2_normalize(features.astype(jnp.float32))
+  def features(params, images, rng):
+    return apply_fn({'params': params}, images, train=True, rngs={'dropout': rng})[1]
+
+  def head(feats, labels):
+    z = l2_normalize(feats.astype(jnp.float32))
     b = labels.shape[0] // blocks
     z = jnp.swapaxes(z.reshape(blocks, 2, b, -1), 1, 2)  # (P, b, 2 views, D)
     return supcon_loss(z.reshape(blocks * b, 2, -1), labels, temperature)
 
-  return loss_fn
+  return features, head
+
+
+def _supcon_grad(apply_fn: Callable, temperature: float, chunks: int = 1) -> GradFn:
+  """The SupCon pass's gradient function: whole batches, or GradCache in `chunks`."""
+  if chunks < 1:
+    raise ValueError(f'config.gps.score_chunks={chunks}: want an integer >= 1')
+  features, head = _supcon_parts(apply_fn, temperature)
+  if chunks == 1:
+    return _plain_grad(
+      lambda params, images, labels, rng: head(features(params, images, rng), labels)
+    )
+  return _chunked_grad(features, head, chunks)
 
 
 def first_views(images: jax.Array, blocks: int = 1) -> jax.Array:
@@ -119,6 +196,7 @@ def make_score_step(
   candidates: Iterable[str],
   temperature: float = 0.07,
   shardings: tuple | None = None,
+  chunks: int = 1,
 ) -> Callable:
   """Returns a jitted `step(scores, params, batch, rng) -> (scores, loss)` of SupCon.
 
@@ -126,15 +204,16 @@ def make_score_step(
   candidate leaves only and its buffers are donated. `batch['image']` is
   (2B, H, W, C) — the first B rows are the first views — and
   `batch['label']` is (B,). `shardings` = (scores, params, batch) shardings
-  jits the step with explicit in/out shardings on their mesh.
+  jits the step with explicit in/out shardings on their mesh. `chunks` > 1 runs the
+  backward that many views at a time (`_chunked_grad`: the same gradients).
   """
   if shardings is not None:
     apply_fn = shard_lib.batch_sharded(apply_fn, shardings[2].mesh)
-  return _make_grad_step(_supcon_loss(apply_fn, temperature), candidates, shardings)
+  return _make_grad_step(_supcon_grad(apply_fn, temperature, chunks), candidates, shardings)
 
 
 def _accumulate(
-  loss_fn: LossFn,
+  grad_fn: GradFn,
   params: Mapping[str, jax.Array],
   roles: Any,
   batches: Iterable[Mapping[str, np.ndarray]],
@@ -142,7 +221,7 @@ def _accumulate(
   mesh=None,
   views: int = 2,
 ) -> tuple[dict[str, jax.Array], dict[str, float]]:
-  """One pass of `loss_fn` gradients over `batches`, summed (signed) per candidate;
+  """One pass of `grad_fn` gradients over `batches`, summed (signed) per candidate;
   batch i gets the rng fold_in(rng, i). `views`: the images of a batch the loss uses,
   per image of its labels (for the 'images' count)."""
   candidates = list(roles_lib.leaves_with_role(roles, 'select'))
@@ -156,7 +235,7 @@ def _accumulate(
     )
     scores = shard_lib.put_tree(scores, shardings[0])
     params = shard_lib.put_tree(dict(params), shardings[1])
-  step = _make_grad_step(loss_fn, candidates, shardings)
+  step = _make_grad_step(grad_fn, candidates, shardings)
   losses, images = [], 0
   for i, batch in enumerate(batches):
     if mesh is not None:  # this process's share -> global arrays over the mesh
@@ -181,15 +260,18 @@ def accumulate_scores(
   rng: jax.Array,
   temperature: float = 0.07,
   mesh=None,
+  chunks: int = 1,
 ) -> tuple[dict[str, jax.Array], dict[str, float]]:
   """One pass of SupCon gradients over `batches`, summed (signed) per candidate.
 
   Returns the scores {path: array} of every `select` leaf and statistics
   (batches, images, mean loss). With a `mesh`, the batches are split over all
-  its devices and the scores are sharded like their kernels.
+  its devices and the scores are sharded like their kernels. `chunks` > 1: each batch's
+  backward runs that many views at a time, with the same gradients (`_chunked_grad`).
   """
   apply_fn = shard_lib.batch_sharded(apply_fn, mesh)
-  return _accumulate(_supcon_loss(apply_fn, temperature), params, roles, batches, rng, mesh)
+  grad_fn = _supcon_grad(apply_fn, temperature, chunks)
+  return _accumulate(grad_fn, params, roles, batches, rng, mesh)
 
 
 def accumulate_head_ce_scores(
@@ -214,7 +296,7 @@ def accumulate_head_ce_scores(
     raise ValueError(f'the head_ce score needs the number of classes, got {num_classes}')
   head_rng, drop_rng = jax.random.split(rng)
   loss_fn = _head_ce_loss(shard_lib.batch_sharded(apply_fn, mesh), int(num_classes), head_rng)
-  return _accumulate(loss_fn, params, roles, batches, drop_rng, mesh, views=1)
+  return _accumulate(_plain_grad(loss_fn), params, roles, batches, drop_rng, mesh, views=1)
 
 
 def random_scores(roles: Any, rng: jax.Array) -> dict[str, jax.Array]:
@@ -244,11 +326,12 @@ class ScoreInputs:
   temperature: float = 0.07
   mesh: Any = None
   num_classes: int = 0
+  chunks: int = 1  # the SupCon pass's backward, views at a time (config.gps.score_chunks)
 
 
 def _supcon(x: ScoreInputs):
   return accumulate_scores(
-    x.apply_fn, x.params, x.roles, x.batches(), x.rng, temperature=x.temperature, mesh=x.mesh
+    x.apply_fn, x.params, x.roles, x.batches(), x.rng, x.temperature, x.mesh, x.chunks
   )
 
 

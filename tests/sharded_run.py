@@ -80,6 +80,12 @@ def run(mesh_spec, params, two_view, train, sparse_grad='on'):
   out['devices'] = np.asarray(1 if mesh is None else mesh.size)
   if sparse_grad == 'off':
     return out
+  # The selection pass again with its backward in two chunks of the 16 views (GradCache).
+  out.update({f'scores/{p}': np.asarray(v) for p, v in scores.items()})
+  chunked, _ = scoring.accumulate_scores(
+    model.apply, params, roles, two_view, jax.random.PRNGKey(0), mesh=mesh, chunks=2
+  )
+  out.update({f'chunked/{p}': np.asarray(v) for p, v in chunked.items()})
   for rule in ('lora', 'ssf'):  # the factored rules on the same mesh
     out.update({f'{rule}_{k}': v for k, v in factored(rule, model, params, cfg, mesh, train).items()})
   return out

@@ -63,6 +63,18 @@ def test_sharded_run_matches_the_single_device_run(runs, mesh):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize('mesh', ['single', 'data4_fsdp2', 'fsdp8'])
+def test_chunked_selection_pass_matches_the_single_device_scores(runs, mesh):
+  """gps.score_chunks=2 (GradCache) on each mesh: the scores of the one-chunk pass on one device."""
+  keys = [k.split(':', 1)[1] for k in runs if k.startswith('single:scores/')]
+  assert keys
+  for k in keys:
+    want = runs[f'single:{k}']
+    got = runs[f'{mesh}:chunked/' + k.split('/', 1)[1]]
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max(), err_msg=k)
+
+
+@pytest.mark.slow
 def test_k_entry_weight_gradients_train_like_autodiff(runs):
   """The single-device run with K-entry weight gradients ('on', also the sharded runs')
   against effective kernels and dense gradients ('off'): same losses, same delta."""

@@ -134,6 +134,8 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument('--steps', type=int, default=3, help='timed steps per method per round')
   p.add_argument('--rounds', type=int, default=3, help='rounds, methods interleaved')
   p.add_argument('--k', type=int, default=1, help="GPS's K (inputs per neuron)")
+  p.add_argument('--score-chunks', type=int, default=1,
+                 help="the selection pass's backward in this many chunks (config.gps.score_chunks)")  # fmt: skip
   p.add_argument('--methods', default=','.join(SETTINGS), help='comma-separated, of: %(default)s')
   p.add_argument('--json', default='', metavar='FILE', help='also write the numbers as JSON')
   p.add_argument('--layers', action='store_true', help='the per-layer K-entry sweep instead')
@@ -233,6 +235,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
       parser.error(f'--{flag.replace("_", "-")}={getattr(args, flag)}: want a positive integer')
   if args.wall_batch < 0 or args.tokens < 0:
     parser.error('--wall-batch and --tokens: want 0 (the default) or a positive integer')
+  if args.score_chunks < 1 or any(
+    (2 * b) % args.score_chunks for b in (args.batch, args.wall_batch)
+  ):
+    parser.error('--score-chunks: want a positive divisor of the 2 x batch views')
   args.wall_batch = args.wall_batch or args.batch
   try:
     args.overrides = _overrides(args.model_override)
@@ -463,7 +469,9 @@ def measure_selection(args: argparse.Namespace, cache: dict) -> Measured:
   c = run_config('gps', args)
   bb = backbone(c, args.classes, cache)
   candidates = list(roles_lib.leaves_with_role(bb.roles, 'select'))
-  step = scoring.make_score_step(bb.model.apply, candidates, c.gps.temperature)
+  step = scoring.make_score_step(
+    bb.model.apply, candidates, c.gps.temperature, chunks=args.score_chunks
+  )
   scores = {p: jnp.zeros(bb.params[p].shape, jnp.float32) for p in candidates}
   params = jax.device_put(bb.params)
   size, rng = bb.model_config['image_size'], jax.random.PRNGKey(0)
@@ -525,6 +533,7 @@ def summarize(measured: dict[str, Measured], select: Measured | None, times: dic
       'wall_s': wall,
       'images_per_s': select.images / wall,
       'images_per_s_ratio': (select.images / wall) / full['images_per_s'],
+      'memory_ratio': _ratio(select.stats['memory'].get('peak'), full['memory_bytes']),
     }
   return rows
 
@@ -593,12 +602,14 @@ def header(args: argparse.Namespace, extra: str) -> str:
 
 def _select_line(rows: dict, args: argparse.Namespace) -> str:
   s, full = rows['gps']['select'], rows['full']
+  chunks = f', backward in {args.score_chunks} chunks' if args.score_chunks > 1 else ''
   return (
-    f'Selection pass (SupCon score step, 2 views per image): {_num(s["images_per_s"])} img/s '
-    f'at batch {args.wall_batch} ({2 * args.wall_batch} views), '
+    f'Selection pass (SupCon score step, 2 views per image{chunks}): '
+    f'{_num(s["images_per_s"])} img/s at batch {args.wall_batch} ({2 * args.wall_batch} views), '
     f"{_times(s['images_per_s_ratio'])} the images/s of full's train step "
     f'({_num(full["images_per_s"])}); {_giga(s["flops"])} GFLOP, live peak '
-    f'{_mib(s["memory_bytes"])} MiB at batch {args.batch}.'
+    f'{_mib(s["memory_bytes"])} MiB at batch {args.batch}, {_times(s["memory_ratio"])} '
+    "full's step."
   )
 
 

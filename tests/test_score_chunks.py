@@ -114,3 +114,24 @@ def test_config_errors_name_the_key(chunks, batch, match):
   c.gps.score_chunks, c.data.batch_size = chunks, batch
   with pytest.raises(UserError, match=match):
     config_check.validate(c)
+
+
+def test_unrolled_chunks_give_the_same_scores_and_count_every_chunk():
+  """`unroll` (for the benchmark's FLOPs) is the looped computation; XLA's cost analysis
+  counts the loop body once, the unrolled chunks whole (plus the extra forward)."""
+  model, flat, roles = _setup()
+  candidates = list(roles_lib.leaves_with_role(roles, 'select'))
+  zeros = {p: jnp.zeros(flat[p].shape, jnp.float32) for p in candidates}
+  batch = {k: jnp.asarray(v) for k, v in _batches(1, 8, seed=2)[0].items()}
+  rng, out, flops = jax.random.PRNGKey(0), {}, {}
+  for name, kw in {
+    'one': {},
+    'looped': {'chunks': 4},
+    'unrolled': {'chunks': 4, 'unroll': True},
+  }.items():
+    step = scoring.make_score_step(model.apply, candidates, **kw)
+    flops[name] = step.lower(zeros, flat, batch, rng).compile().cost_analysis()['flops']
+    out[name], _ = step({p: jnp.zeros_like(v) for p, v in zeros.items()}, flat, batch, rng)
+  for p in candidates:
+    np.testing.assert_allclose(out['unrolled'][p], out['looped'][p], rtol=1e-5, atol=1e-7)
+  assert flops['looped'] < flops['one'] < flops['unrolled'], flops

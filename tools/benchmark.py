@@ -479,6 +479,13 @@ def measure_selection(args: argparse.Namespace, cache: dict) -> Measured:
     step, lambda b: (scores, params, _images(b, size, views=2), rng), args
   )
   stats = {'flops': flops(compiled), 'memory': memory(compiled)}
+  if args.score_chunks > 1:  # XLA counts a loop body once: the FLOPs of the unrolled chunks
+    unrolled = scoring.make_score_step(
+      bb.model.apply, candidates, c.gps.temperature, chunks=args.score_chunks, unroll=True
+    )
+    stats['flops'] = flops(
+      unrolled.lower(scores, params, _images(args.batch, size, 2), rng).compile()
+    )
   batch = _real(_images(args.wall_batch, size, views=2), args.classes)
   return Measured(SELECT, stats, _runner(timed, scores, (params, batch, rng)), args.wall_batch)
 

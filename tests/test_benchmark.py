@@ -73,6 +73,7 @@ def test_method_table_facts(tool, tmp_path, capsys):
   assert [row[0] for row in _table_rows(out)] == list(METHODS)
   assert 'jax ' in out.splitlines()[0] and 'K 1' in out.splitlines()[0]
   assert 'Selection pass' in out and ': equal.' in out
+  assert 'Analytic matmul FLOPs per image' in out  # a ViT: the analytic split too
   assert '1.00×' in out and 'random inputs per neuron' in out
 
 

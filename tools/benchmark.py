@@ -84,6 +84,7 @@ from gps_jax import updates
 from gps_jax import weights
 from gps_jax.models import fitting
 from gps_jax.models import registry
+from gps_jax.models import vit_flops
 
 MIB = 2**20
 # Table name -> (config.method, config.train.update_mode, config.train.sparse_grad).
@@ -629,6 +630,19 @@ def _eval_line(rows: dict, args: argparse.Namespace) -> str:
   )
 
 
+def _analytic_line(rows: dict, args: argparse.Namespace) -> str:
+  split = vit_flops.step_split(args.model_config, args.classes)
+  full = sum(split.values()) * args.batch
+  ratio = vit_flops.k_entry_ratio(args.model_config, args.k, args.classes)
+  return (
+    'Analytic matmul FLOPs per image (gps_jax.models.vit_flops): forward '
+    f'{_giga(split["forward"])}, input gradients {_giga(split["input_grads"])}, weight '
+    f'gradients {_giga(split["weight_grads"])} GFLOP; a full step at batch {args.batch}: '
+    f"{_giga(full)} GFLOP (XLA's count above: {_giga(rows['full']['flops'])}, with the "
+    f'elementwise work); with K-entry weight gradients at K = {args.k}: {_times(ratio)} full.'
+  )
+
+
 def _default_grad() -> str:
   return config_defaults.experiment_config().train.sparse_grad
 
@@ -640,6 +654,8 @@ def render(rows: dict, args: argparse.Namespace, notes: list[str]) -> str:
     if 'select' in rows['gps']:
       lines.append(_select_line(rows, args))
     lines.append(_eval_line(rows, args))
+  if args.model_config.get('name') == 'vit' and 'full' in rows:
+    lines.append(_analytic_line(rows, args))
   lines += [
     f"FLOPs and memory: XLA's analysis of the steps compiled at batch {args.batch}; time: "
     f'median of {args.rounds} rounds x {args.steps} timed steps at batch {args.wall_batch} '

@@ -23,7 +23,7 @@ ConvNeXt's downsampling: a Dense on patches). Any other selected kernel (the
 depthwise 7x7 convs of ConvNeXt) runs its module on the effective kernel, as
 every kernel does under ``mode='off'``; `takes_sparse` is the rule.
 
-The rule is measured (`tools/benchmark.py --layers`, README "The cost of a step"):
+The rule is measured (`tools/layer_sweep.py`, README "The cost of a step"):
 per layer the K-entry path beats the dense one while K is a small share of the
 fan-in; ``config.train.sparse_grad='auto'`` takes it up to `MAX_K_SHARE`.
 """
@@ -42,7 +42,7 @@ from gps_jax import sparse
 MODES = ('auto', 'on', 'off')
 
 # auto: K-entry gradients where K is at most this share of the fan-in. Measured on XLA:CPU
-# with the ViT-S/16 and ViT-B/16 kernel shapes (tools/benchmark.py --layers, README "The cost
+# with the ViT-S/16 and ViT-B/16 kernel shapes (tools/layer_sweep.py, README "The cost
 # of a step"): faster than the dense path on every shape up to K / fan-in = 1/384 (K = 1 on
 # fan-in 384; K = 4 on 1536 and 3072), slower on some at 1/192 and above. A GPU has not run
 # the sweep yet. Depthwise convs always take the dense path (their dense weight gradient

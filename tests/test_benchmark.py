@@ -77,26 +77,6 @@ def test_method_table_facts(tool, tmp_path, capsys):
   assert '1.00×' in out and 'random inputs per neuron' in out
 
 
-def test_layer_sweep_rows(tool, tmp_path, capsys):
-  path = tmp_path / 'layers.json'
-  argv = ['--layers', '--layer-shapes=fc=64x32', '--ks=1,2', '--tokens=16', '--steps=1']
-  assert tool.main([*argv, '--rounds=1', f'--json={path}']) == 0
-  out = capsys.readouterr().out
-  rows = _table_rows(out)
-  assert [(row[0], row[1], row[2]) for row in rows] == [('fc', '64→32', '1'), ('fc', '64→32', '2')]
-  r = json.loads(path.read_text())
-  assert [(c['k'], c['share'], c['tokens']) for c in r['rows']] == [
-    (1, 1 / 64, 16),
-    (2, 2 / 64, 16),
-  ]
-  for c in r['rows']:
-    assert c['dense_s'] > 0 and c['k_entry_s'] > 0
-    # No dense (fan-in, neurons) weight gradient on the K-entry path.
-    assert 0 < c['k_entry_flops'] < c['dense_flops']
-  assert r['max_k_share'] == sparse_grad.MAX_K_SHARE
-  assert 'MAX_K_SHARE' in out
-
-
 @pytest.mark.parametrize(
   'argv, message',
   [
@@ -104,7 +84,6 @@ def test_layer_sweep_rows(tool, tmp_path, capsys):
     (['--model=vit:Q/16'], "--model 'vit:Q/16': vit variants are"),
     (['--model=resnet50'], "--model 'resnet50': use a backbone"),
     (['--model=vit:Ti/16', '--model-override=widht=3'], "unknown ViT config keys ['widht']"),
-    (['--layers', '--layer-shapes=64by32'], "--layer-shapes '64by32'"),
     (['--train=nope=1'], "--train 'nope=1': use KEY=VALUE"),
     (['--train=base_dtype=float16'], "--train: config.train.base_dtype='float16'"),
   ],

@@ -49,6 +49,7 @@ def measure(args, method: str, grad: str, mesh_spec: dict) -> tuple[float, list]
   from gps_jax import methods
   from gps_jax import roles as roles_lib
   from gps_jax import sharding as shard_lib
+  from gps_jax import step_cost
   from gps_jax import tree as tree_lib
   from gps_jax.config_defaults import experiment_config
   from gps_jax.models import build_vit, vit_config
@@ -77,12 +78,10 @@ def measure(args, method: str, grad: str, mesh_spec: dict) -> tuple[float, list]
     'label': jax.ShapeDtypeStruct((args.batch,), jnp.int32),
   }
   compiled = tuner.train_step.lower(*parts, batch, jax.random.PRNGKey(0)).compile()
-  m = compiled.memory_analysis()
-  live = m.argument_size_in_bytes + m.temp_size_in_bytes + m.output_size_in_bytes
   gathers = [
     tuple(int(d) for d in s.split(',') if d) for s in ALL_GATHER.findall(compiled.as_text())
   ]
-  return (live - m.alias_size_in_bytes) / 2**20, gathers
+  return step_cost.memory(compiled)['peak'] / step_cost.MIB, gathers
 
 
 def main(argv=None) -> int:

@@ -415,6 +415,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> tuple[dict, dict]:
     'mask_stats': {k: v for k, v in stats.items() if k != 'leaves'},
   }
   bs = config.data.batch_size
+  log = metrics_lib.MetricsLog(workdir)
   try:
     out = trainer_lib.fit(
       tuner,
@@ -426,7 +427,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> tuple[dict, dict]:
       final_sets=final_sets,
       eval_every=durations.eval_every,
       log_every=config.train.log_every,
-      log=metrics_lib.MetricsLog(workdir),
+      log=log,
       restore=(lambda target: ckpts.restore_state(start_step, target)) if start_step else None,
       save=lambda step, state: ckpts.save(
         step, state, indices, {**meta, 'data_position': {'step': step, 'examples': step * bs}}
@@ -435,6 +436,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> tuple[dict, dict]:
     )
   finally:
     ckpts.close()  # waits for pending writes; orbax's threads must not outlive the run
+    log.close()
 
   state = out['state']
   if tuner.ema_decay:  # The recipe's model is the moving average: it is what we report and save.

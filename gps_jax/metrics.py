@@ -1,4 +1,4 @@
-"""A run's metrics: one writer for ``<workdir>/metrics.jsonl`` and the console lines.
+"""A run's metrics: one writer for ``<workdir>/metrics.jsonl``, TensorBoard and the console.
 
 Each record is one JSON object on its own line::
 
@@ -11,6 +11,11 @@ evaluations) or ``final`` (the accuracies the run reports). The file is opened
 for appending, so a resumed run continues its history in the same file; a line
 cut off by a crash is skipped by :func:`read`. Only process 0 writes and
 prints; the other processes' writers do nothing.
+
+The same numbers go to TensorBoard event files in ``<workdir>/tensorboard`` through
+clu's summary writer (as big_vision and scenic write theirs), named ``<kind>/<key>``
+(``train/loss``, ``eval/val``, ``final/test``): ``tensorboard --logdir <workdir>``.
+A resumed run adds an event file beside the first.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from typing import Any
 import jax
 
 FILENAME = 'metrics.jsonl'
+TENSORBOARD_DIR = 'tensorboard'
 
 
 def is_writer() -> bool:
@@ -43,10 +49,16 @@ def _number(value: Any):
 
 
 class MetricsLog:
-  """Appends records to ``<workdir>/metrics.jsonl`` (none when `workdir` is None)."""
+  """Appends records to ``<workdir>/metrics.jsonl`` and its TensorBoard events (none when
+  `workdir` is None)."""
 
   def __init__(self, workdir: str | None):
     self.path = os.path.join(workdir, FILENAME) if workdir and is_writer() else None
+    self._events = None
+    if self.path is not None:
+      from clu import metric_writers  # TensorFlow's summary API: imported only when writing
+
+      self._events = metric_writers.SummaryWriter(os.path.join(workdir, TENSORBOARD_DIR))
 
   def write(self, kind: str, step: int, **values) -> None:
     if self.path is None:
@@ -55,6 +67,15 @@ class MetricsLog:
     record['time'] = round(time.time(), 3)
     with open(self.path, 'a') as f:
       f.write(json.dumps(record) + '\n')
+    if self._events is not None:
+      self._events.write_scalars(int(step), {f'{kind}/{k}': float(v) for k, v in values.items()})
+      self._events.flush()
+
+  def close(self) -> None:
+    """Closes the event file (the records are flushed at every write already)."""
+    if self._events is not None:
+      self._events.close()
+      self._events = None
 
 
 def read(path: str) -> list[dict]:

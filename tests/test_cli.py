@@ -9,6 +9,9 @@ import numpy as np
 import pytest
 
 from gps_jax import checkpoint
+from gps_jax import metrics
+
+from tb_events import events
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -62,6 +65,13 @@ def test_demo_cli_end_to_end(tmp_path):
   assert gps['trainable_without_head'] == 128 * 2 + 128
   stats = json.loads((tmp_path / 'run' / 'gps' / 'mask_stats.json').read_text())
   assert stats['neurons'] == 128
+  # The curves of metrics.jsonl are in TensorBoard's event files too.
+  records = metrics.read(str(tmp_path / 'run' / 'gps'))
+  scalars = events(tmp_path / 'run' / 'gps')
+  train = [r for r in records if r['kind'] == 'train']
+  assert train and all(scalars['train/loss', r['step']] == pytest.approx(r['loss']) for r in train)
+  final = next(r for r in records if r['kind'] == 'final')
+  assert scalars['final/test', final['step']] == pytest.approx(final['test'])
 
   # The checkpoint holds the sparse delta only: indices + values + trained leaves.
   delta = checkpoint.load_delta(str(tmp_path / 'run' / 'gps' / 'checkpoint'))

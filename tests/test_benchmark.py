@@ -12,6 +12,8 @@ import pytest
 
 from gps_jax import sparse_grad
 
+from one_line import assert_one_error_line
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 METHODS = ('full', 'gps', 'gps_kentry', 'gps_autodiff', 'gps_dense', 'linear', 'bitfit', 'lora')
 # Fan-ins with K=1 <= MAX_K_SHARE * fan-in (auto's rule), but not the 8x8x3 patch embedding's.
@@ -89,11 +91,7 @@ def test_method_table_facts(tool, tmp_path, capsys):
   ],
 )
 def test_bad_flags_are_one_error_line(tool, capsys, argv, message):
-  with pytest.raises(SystemExit) as exit_info:
-    tool.main(argv)
-  assert exit_info.value.code != 0
-  err = capsys.readouterr().err.strip().splitlines()
-  assert len(err) == 1 and err[0].startswith('error: ') and message in err[0], err
+  assert_one_error_line(tool.main, capsys, argv, message)
 
 
 def test_train_overrides_reach_every_method(tool, tmp_path):

@@ -10,6 +10,8 @@ import pytest
 
 from gps_jax import sparse_grad
 
+from one_line import assert_one_error_line
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
@@ -73,8 +75,4 @@ def test_default_shapes_and_tokens_come_from_the_model(tool, capsys):
   ],
 )
 def test_bad_flags_are_one_error_line(tool, capsys, argv, message):
-  with pytest.raises(SystemExit) as exit_info:
-    tool.main(argv)
-  assert exit_info.value.code != 0
-  err = capsys.readouterr().err.strip().splitlines()
-  assert len(err) == 1 and err[0].startswith('error: ') and message in err[0], err
+  assert_one_error_line(tool.main, capsys, argv, message)

@@ -15,7 +15,7 @@ from gps_jax.config_defaults import experiment_config
 from gps_jax.errors import UserError
 from gps_jax.models import ViT
 
-from tiny import TINY, random_params, tiny_shapes
+from tiny import TINY, random_params, tiny_shapes, two_view_batches
 
 
 def _setup(drop_path_rate=0.0):
@@ -25,17 +25,6 @@ def _setup(drop_path_rate=0.0):
   }
   roles = roles_lib.assign_roles(tree_lib.unflat(flat))
   return model, flat, roles
-
-
-def _batches(num, b, seed):
-  rng = np.random.default_rng(seed)
-  return [
-    {
-      'image': rng.normal(size=(2 * b, 8, 8, 3)).astype(np.float32),
-      'label': rng.integers(0, 3, size=b).astype(np.int32),
-    }
-    for _ in range(num)
-  ]
 
 
 def test_chunk_rows_interleaves_and_inverts():
@@ -49,7 +38,7 @@ def test_chunk_rows_interleaves_and_inverts():
 @pytest.mark.parametrize('chunks', [2, 4, 8])
 def test_chunked_pass_gives_the_one_chunk_scores(chunks):
   model, flat, roles = _setup()
-  batches = _batches(2, 4, seed=0)
+  batches = two_view_batches(2, 4, seed=0)
   rng = jax.random.PRNGKey(3)
   want, info = scoring.accumulate_scores(model.apply, flat, roles, batches, rng)
   got, got_info = scoring.accumulate_scores(model.apply, flat, roles, batches, rng, chunks=chunks)
@@ -67,7 +56,7 @@ def test_chunked_pass_keeps_each_chunks_rng_in_both_passes():
   split(rng, chunks)[c] (so the re-forward redraws the first forward's masks), and that rng
   really matters."""
   model, flat, roles = _setup(drop_path_rate=0.5)
-  chunks, batch = 2, _batches(1, 4, seed=1)[0]
+  chunks, batch = 2, two_view_batches(1, 4, seed=1)[0]
   rng = jax.random.PRNGKey(5)
   got, _ = scoring.accumulate_scores(model.apply, flat, roles, [batch], rng, chunks=chunks)
   select = list(roles_lib.leaves_with_role(roles, 'select'))
@@ -122,7 +111,7 @@ def test_unrolled_chunks_give_the_same_scores_and_count_every_chunk():
   model, flat, roles = _setup()
   candidates = list(roles_lib.leaves_with_role(roles, 'select'))
   zeros = {p: jnp.zeros(flat[p].shape, jnp.float32) for p in candidates}
-  batch = {k: jnp.asarray(v) for k, v in _batches(1, 8, seed=2)[0].items()}
+  batch = {k: jnp.asarray(v) for k, v in two_view_batches(1, 8, seed=2)[0].items()}
   rng, out, flops = jax.random.PRNGKey(0), {}, {}
   for name, kw in {
     'one': {},

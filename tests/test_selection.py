@@ -12,7 +12,7 @@ from gps_jax import scoring
 from gps_jax import selection
 from gps_jax.models import ViT
 
-from tiny import TINY, random_params, tiny_shapes
+from tiny import TINY, random_params, tiny_shapes, two_view_batches
 
 
 # ----------------------------------------------------------------------------
@@ -213,22 +213,11 @@ def own_supcon(z, labels, tau):
   return (per_anchor * has).sum() / has.sum()
 
 
-def make_batches(num, b, seed):
-  rng = np.random.default_rng(seed)
-  return [
-    {
-      'image': rng.normal(size=(2 * b, 8, 8, 3)).astype(np.float32),
-      'label': rng.integers(0, 3, size=b).astype(np.int32),
-    }
-    for _ in range(num)
-  ]
-
-
 @pytest.mark.slow
 def test_accumulate_scores_is_sum_of_batch_gradients(tiny):
   model, flat, roles = tiny
   tau = 0.1
-  batches = make_batches(3, 4, seed=3)
+  batches = two_view_batches(3, 4, seed=3)
   rng = jax.random.PRNGKey(7)
   params = {p: jnp.asarray(v) for p, v in flat.items()}
   scores, stats = scoring.accumulate_scores(
@@ -291,7 +280,7 @@ def test_scores_stay_float32_under_bfloat16_compute(tiny):
   float32 and pick nearly the entries of the float32 pass."""
   _, flat, roles = tiny
   params = {p: jnp.asarray(v) for p, v in flat.items()}
-  batches = make_batches(2, 4, seed=5)
+  batches = two_view_batches(2, 4, seed=5)
   rng = jax.random.PRNGKey(3)
   picked = {}
   for dtype in (jnp.float32, jnp.bfloat16):

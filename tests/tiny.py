@@ -58,3 +58,16 @@ def model_shapes(model):
   return jax.eval_shape(
     lambda r: model.init(r, jnp.zeros((1, s, s, 3)), train=False), jax.random.PRNGKey(0)
   )['params']
+
+
+def two_view_batches(num: int, b: int, seed: int) -> list[dict]:
+  """`num` selection batches of the tiny ViT: 2b random 8x8 views (first views, then
+  second views) and b labels of 3 classes."""
+  rng = np.random.default_rng(seed)
+  return [
+    {
+      'image': rng.normal(size=(2 * b, 8, 8, 3)).astype(np.float32),
+      'label': rng.integers(0, 3, size=b).astype(np.int32),
+    }
+    for _ in range(num)
+  ]

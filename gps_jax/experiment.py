@@ -119,7 +119,11 @@ def model_config_of(config: ml_collections.ConfigDict, num_classes: int) -> dict
   """The model config a run builds: ``config.model`` with the class count, the method's
   own layers (adapters, prompts), ``train.compute_dtype`` and ``train.remat``. The delta's
   manifest keeps it whole."""
-  model_config = {**config.model.to_dict(), 'num_classes': num_classes, **methods.model_fields(config)}
+  model_config = {
+    **config.model.to_dict(),
+    'num_classes': num_classes,
+    **methods.model_fields(config),
+  }
   if config.train.compute_dtype:  # the forward's dtype (parameters stay in theirs)
     model_config['dtype'] = config.train.compute_dtype
   if config.train.remat:  # rematerialised blocks: the same parameters and values
@@ -150,6 +154,11 @@ def setup_backbone(config: ml_collections.ConfigDict, rng: jax.Array) -> Backbon
   path = config.model.checkpoint
   sha = checkpoint.file_sha256(path) if path else None
   return Backbone(model, model_config, num_classes, params, roles, mesh, path, sha)
+
+
+def _pass_images(examples: int, batch_size: int) -> int:
+  """The images of one pass over `examples` in whole batches (the last partial one dropped)."""
+  return examples // batch_size * batch_size
 
 
 def select_indices(
@@ -210,9 +219,14 @@ def select_indices(
       mesh=bb.mesh,
       num_classes=bb.num_classes,
       chunks=config.gps.score_chunks,
+      total_images=_pass_images(
+        train_split.num_examples, config.gps.batch_size or config.data.batch_size
+      ),
     )
     scores, info = scoring.SCORERS[source](inputs)
-    if workdir and config.gps.save_scores and source in scoring.DATA_SCORERS:  # score once, select many
+    if (
+      workdir and config.gps.save_scores and source in scoring.DATA_SCORERS
+    ):  # score once, select many
       meta = scores_lib.make_meta(
         source=source,
         method=config.method,
@@ -275,7 +289,10 @@ def _results(config, stats, tuner, out, durations, timing, info, splits) -> dict
   use_ema = bool(tuner.ema_decay)
   # The mask's entries (stats), plus the LoRA / SSF factors, which no role shows.
   extra = _factor_count(out['state'].trainable)
-  trained = {'trainable': stats['trainable'] + extra, 'head': stats['trainable'] - stats['backbone_trainable']}
+  trained = {
+    'trainable': stats['trainable'] + extra,
+    'head': stats['trainable'] - stats['backbone_trainable'],
+  }
   # Shares are of the pretrained model, as in the paper: a method's added layers
   # (adapters, prompts) count as trainable, not as backbone parameters.
   added = sum(v['params'] for p, v in stats['leaves'].items() if re.search(ADDED_PARAMS, p))

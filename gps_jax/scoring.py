@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from gps_jax import progress
 from gps_jax import roles as roles_lib
 from gps_jax import tree as tree_lib
 from gps_jax import sharding as shard_lib
@@ -240,10 +241,12 @@ def _accumulate(
   rng: jax.Array,
   mesh=None,
   views: int = 2,
+  total: int = 0,
 ) -> tuple[dict[str, jax.Array], dict[str, float]]:
   """One pass of `grad_fn` gradients over `batches`, summed (signed) per candidate;
   batch i gets the rng fold_in(rng, i). `views`: the images of a batch the loss uses,
-  per image of its labels (for the 'images' count)."""
+  per image of its labels (for the 'images' count); `total`: the images of the pass, for
+  the progress bar's time remaining (0: unknown)."""
   candidates = list(roles_lib.leaves_with_role(roles, 'select'))
   scores = {p: jnp.zeros(params[p].shape, jnp.float32) for p in candidates}
   shardings = None
@@ -257,12 +260,15 @@ def _accumulate(
     params = shard_lib.put_tree(dict(params), shardings[1])
   step = _make_grad_step(grad_fn, candidates, shardings)
   losses, images = [], 0
-  for i, batch in enumerate(batches):
-    if mesh is not None:  # this process's share -> global arrays over the mesh
-      batch = shard_lib.put_batch(batch, mesh)
-    scores, loss = step(scores, params, batch, jax.random.fold_in(rng, i))
-    losses.append(loss)
-    images += int(batch['image'].shape[0]) * views // 2
+  with progress.bar('selection pass', total) as shown:
+    for i, batch in enumerate(batches):
+      if mesh is not None:  # this process's share -> global arrays over the mesh
+        batch = shard_lib.put_batch(batch, mesh)
+      scores, loss = step(scores, params, batch, jax.random.fold_in(rng, i))
+      losses.append(loss)
+      n = int(batch['label'].shape[0])
+      images += n * views
+      shown.update(n)
   if not losses:
     raise ValueError(
       'the selection pass saw no batch: the training split is smaller than '
@@ -281,6 +287,7 @@ def accumulate_scores(
   temperature: float = 0.07,
   mesh=None,
   chunks: int = 1,
+  total: int = 0,
 ) -> tuple[dict[str, jax.Array], dict[str, float]]:
   """One pass of SupCon gradients over `batches`, summed (signed) per candidate.
 
@@ -288,10 +295,11 @@ def accumulate_scores(
   (batches, images, mean loss). With a `mesh`, the batches are split over all
   its devices and the scores are sharded like their kernels. `chunks` > 1: each batch's
   backward runs that many views at a time, with the same gradients (`_chunked_grad`).
+  `total`: the images of the pass, for the progress bar (0: unknown).
   """
   apply_fn = shard_lib.batch_sharded(apply_fn, mesh)
   grad_fn = _supcon_grad(apply_fn, temperature, chunks)
-  return _accumulate(grad_fn, params, roles, batches, rng, mesh)
+  return _accumulate(grad_fn, params, roles, batches, rng, mesh, total=total)
 
 
 def accumulate_head_ce_scores(
@@ -302,6 +310,7 @@ def accumulate_head_ce_scores(
   rng: jax.Array,
   num_classes: int,
   mesh=None,
+  total: int = 0,
 ) -> tuple[dict[str, jax.Array], dict[str, float]]:
   """One pass of cross-entropy gradients through a randomly initialised linear head
   (the paper's "Head+CE" criterion), summed (signed) per candidate.
@@ -316,7 +325,8 @@ def accumulate_head_ce_scores(
     raise ValueError(f'the head_ce score needs the number of classes, got {num_classes}')
   head_rng, drop_rng = jax.random.split(rng)
   loss_fn = _head_ce_loss(shard_lib.batch_sharded(apply_fn, mesh), int(num_classes), head_rng)
-  return _accumulate(_plain_grad(loss_fn), params, roles, batches, drop_rng, mesh, views=1)
+  grad_fn = _plain_grad(loss_fn)
+  return _accumulate(grad_fn, params, roles, batches, drop_rng, mesh, views=1, total=total)
 
 
 def random_scores(roles: Any, rng: jax.Array) -> dict[str, jax.Array]:
@@ -347,17 +357,26 @@ class ScoreInputs:
   mesh: Any = None
   num_classes: int = 0
   chunks: int = 1  # the SupCon pass's backward, views at a time (config.gps.score_chunks)
+  total_images: int = 0  # images of the pass, for the progress bar (0: unknown)
 
 
 def _supcon(x: ScoreInputs):
   return accumulate_scores(
-    x.apply_fn, x.params, x.roles, x.batches(), x.rng, x.temperature, x.mesh, x.chunks
+    x.apply_fn,
+    x.params,
+    x.roles,
+    x.batches(),
+    x.rng,
+    x.temperature,
+    x.mesh,
+    x.chunks,
+    x.total_images,
   )
 
 
 def _head_ce(x: ScoreInputs):
   scores, info = accumulate_head_ce_scores(
-    x.apply_fn, x.params, x.roles, x.batches(), x.rng, x.num_classes, mesh=x.mesh
+    x.apply_fn, x.params, x.roles, x.batches(), x.rng, x.num_classes, x.mesh, x.total_images
   )
   return scores, {**info, 'head': f'random linear, N(0, {HEAD_CE_STD}^2), first views'}
 

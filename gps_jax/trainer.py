@@ -20,6 +20,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from gps_jax import metrics as metrics_lib
+from gps_jax import progress
 from gps_jax import optim
 from gps_jax import sharding as shard_lib
 from gps_jax import tree as tree_lib
@@ -116,7 +117,9 @@ class MaskedFinetuner:
 
   def _jit_steps(self, roles) -> None:
     """jax.jit of the train, compose and eval steps, with explicit shardings on a mesh."""
-    abstract = {p: jax.ShapeDtypeStruct(r.shape, jnp.float32) for p, r in tree_lib.flat(roles).items()}
+    abstract = {
+      p: jax.ShapeDtypeStruct(r.shape, jnp.float32) for p, r in tree_lib.flat(roles).items()
+    }
     if self.mesh is None:
       self._shardings = None
       self.train_step = jax.jit(self._train_step, donate_argnums=(0,))
@@ -125,7 +128,9 @@ class MaskedFinetuner:
       return
     mesh = self.mesh
     parts = jax.eval_shape(self._parts, abstract)
-    self._shardings = state_sh, frozen_sh, aux_sh = [shard_lib.tree_shardings(mesh, t) for t in parts]
+    self._shardings = state_sh, frozen_sh, aux_sh = [
+      shard_lib.tree_shardings(mesh, t) for t in parts
+    ]
     params_sh = shard_lib.tree_shardings(mesh, abstract)
     batch_sh, repl = shard_lib.batch_sharding(mesh), shard_lib.replicated(mesh)
     self.train_step = jax.jit(
@@ -222,10 +227,12 @@ class MaskedFinetuner:
       raise ValueError('evaluate(ema=True) needs config.train.ema_decay > 0')
     params = self.compose_jit(frozen, aux, state.ema if ema else state.trainable)
     correct = count = 0
-    for batch in batches:
-      c, n = self.eval_step(params, self.device_batch(batch))
-      correct += int(c)
-      count += int(n)
+    with progress.bar('evaluation' + (' (EMA)' if ema else '')) as shown:
+      for batch in batches:
+        c, n = self.eval_step(params, self.device_batch(batch))
+        correct += int(c)
+        count += int(n)
+        shown.update(int(n))
     if not count:
       raise ValueError('evaluation saw no example')
     return correct / count
@@ -282,10 +289,15 @@ def fit(
 
   history, t0 = [], time.perf_counter()
   t_log, images_since = time.perf_counter(), 0
+  shown = None
   for step in range(start + 1, num_steps + 1):
     batch = next(train_batches)
     state, metrics = tuner.train_step(state, frozen, aux, tuner.device_batch(batch), rng)
-    images_since += int(batch['label'].shape[0])
+    n = int(batch['label'].shape[0])
+    images_since += n
+    if shown is None:  # images of the whole run, for the time remaining
+      shown = progress.bar('training', num_steps * n, initial=start * n)
+    shown.update(n)
     saving = save is not None and ((save_every and step % save_every == 0) or step == num_steps)
     logging_step = step % log_every == 0 or step == num_steps
     if logging_step or saving:
@@ -310,8 +322,12 @@ def fit(
       accs = evaluate(eval_sets)
       history.append({'step': step, **accs})
       log.write('eval', step, **accs)
-      metrics_lib.say(f'  eval at step {step}: ' + '  '.join(f'{k} {v:.4f}' for k, v in accs.items()))
+      metrics_lib.say(
+        f'  eval at step {step}: ' + '  '.join(f'{k} {v:.4f}' for k, v in accs.items())
+      )
   jax.block_until_ready(state)
+  if shown is not None:
+    shown.close()
   train_seconds = time.perf_counter() - t0
   final = evaluate({**eval_sets, **final_sets})
   evaluated = [k for k in final if k.removesuffix('_ema') in eval_sets]

@@ -36,3 +36,17 @@ def test_vit_b16_split():
     33.7,
   ]
   assert round(vit_flops.k_entry_ratio(VIT_B16, 1, 100), 2) == 0.68
+
+
+def test_applies_to_plain_vit_configs_only():
+  from gps_jax.models import registry
+
+  vit = registry.family('vit').config('B/16', num_classes=10, image_size=224)
+  assert vit_flops.applies(vit)
+  assert not vit_flops.applies({**vit.to_dict(), 'adapter_dim': 8})
+  assert not vit_flops.applies({**vit.to_dict(), 'vpt_tokens': 10})
+  assert not vit_flops.applies(
+    registry.family('swin').config(
+      next(iter(registry.family('swin').variants)), num_classes=10, image_size=224
+    )
+  )

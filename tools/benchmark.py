@@ -466,7 +466,7 @@ def render(rows: dict, args: argparse.Namespace, notes: list[str]) -> str:
     if 'select' in rows['gps']:
       lines.append(_select_line(rows, args))
     lines.append(_eval_line(rows, args))
-  if args.model_config.get('name') == 'vit' and 'full' in rows:
+  if vit_flops.applies(args.model_config) and 'full' in rows:
     lines.append(_analytic_line(rows, args))
   lines += [
     f"FLOPs and memory: XLA's analysis of the steps compiled at batch {args.batch}; time: "

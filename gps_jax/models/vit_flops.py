@@ -20,6 +20,15 @@ from __future__ import annotations
 
 from typing import Mapping
 
+FIELDS = ('hidden_size', 'mlp_dim', 'num_layers', 'patch_size', 'image_size')
+
+
+def applies(model: Mapping) -> bool:
+  """Whether this count describes `model`: a plain ViT's fields, no pre-logits layer,
+  adapters or prompt tokens (a Swin or ConvNeXt config has other fields)."""
+  added = ('representation_size', 'adapter_dim', 'vpt_tokens')
+  return all(model.get(f) for f in FIELDS) and not any(model.get(f) for f in added)
+
 
 def step_split(model: Mapping, num_classes: int) -> dict[str, float]:
   """{'forward', 'input_grads', 'weight_grads'}: matmul FLOPs per image of a full step."""

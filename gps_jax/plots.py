@@ -1,5 +1,7 @@
-"""The figures of gps_jax (matplotlib, Agg backend, PNG): masks, K, shares, per-task bars.
+"""The figures of gps_jax (matplotlib, Agg backend, PNG): curves, masks, K, shares, per-task bars.
 
+* `plot_curves` — from runs' ``metrics.jsonl`` records: training loss, and training and
+  evaluation accuracy, against the step, one line per run (and split).
 * `plot_mask_shares` — from one run's ``mask_stats.json``: the trainable share of each
   block and of each kind of layer (attention q / k / v / out, MLP, patch embedding, ...),
   split into entries *selected* per neuron (role ``select``) and leaves *trained fully*
@@ -16,7 +18,8 @@ baselines. Figures have a fixed size in inches at `DPI` (no tight bounding box),
 PNG's pixel size is known in advance: `figure_size_px`.
 
 Pure functions of their inputs; matplotlib is imported here only (the figures never need
-a display). `gps_jax.results_report` writes them for a grid of runs (``tools/reproduce.py``).
+a display). `gps_jax.results_report` writes them for a grid of runs (``tools/reproduce.py``),
+`gps_jax.report` for a run or a comparison directory.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import re
 from collections.abc import Mapping, Sequence
 
 import matplotlib
+import matplotlib.lines
 import matplotlib.ticker
 
 matplotlib.use('Agg')  # before anything imports pyplot; a no-op when it already is Agg
@@ -192,6 +196,68 @@ def plot_mask_shares(stats: Mapping, path: str, title: str = '', include_head: b
   return _save(fig, path)
 
 
+CURVES_FIGSIZE = (12.0, 4.5)
+
+
+def _value(v) -> float:
+  return float(v)  # metrics.jsonl keeps NaN / inf as the strings 'nan' / 'inf'
+
+
+def plot_curves(
+  runs: Mapping[str, Sequence[Mapping]],
+  path: str,
+  title: str = '',
+  groups: Mapping[str, str] | None = None,
+) -> str:
+  """Training loss (left) and accuracy (%, right) against the step.
+
+  `runs`: {label: the run's metrics.jsonl records}. Left: the 'train' records' loss.
+  Right: their training accuracy (dashed) and every split of the 'eval' and 'final'
+  records (val, val_ema, test, ...), one marker per split. A run's colour is that of its
+  group (`groups`: {label: group}, e.g. the method of each seed's run; default: the
+  label), and the legends name the groups and the splits, not every run. Returns `path`.
+  """
+  fig = Figure(figsize=CURVES_FIGSIZE, dpi=DPI)
+  ax_l, ax_a = fig.subplots(1, 2)
+  colors = matplotlib.colormaps['tab10']
+  groups = {label: (groups or {}).get(label, label) for label in runs}
+  color_of = {g: colors(i % 10) for i, g in enumerate(dict.fromkeys(groups.values()))}
+  markers: dict[str, str] = {}
+  for label, records in runs.items():
+    color = color_of[groups[label]]
+    train = [r for r in records if r.get('kind') == 'train']
+    steps = [r['step'] for r in train]
+    if train:
+      ax_l.plot(steps, [_value(r['loss']) for r in train], color=color)
+    if train and 'accuracy' in train[0]:
+      acc = [100 * _value(r['accuracy']) for r in train]
+      ax_a.plot(steps, acc, color=color, linestyle='--', alpha=0.5)
+    evals = [r for r in records if r.get('kind') in ('eval', 'final')]
+    for split in dict.fromkeys(k for r in evals for k in r if k not in ('kind', 'step', 'time')):
+      marker = markers.setdefault(split, 'osD^v<>p'[len(markers) % 8])
+      pts = sorted({r['step']: 100 * _value(r[split]) for r in evals if split in r}.items())
+      ax_a.plot([p[0] for p in pts], [p[1] for p in pts], color=color, marker=marker)
+  handles = [
+    matplotlib.lines.Line2D([], [], color=c, label=g or 'run') for g, c in color_of.items()
+  ]
+  ax_l.legend(handles=handles, fontsize=8)
+  split_handles = [matplotlib.lines.Line2D([], [], color='0.3', linestyle='--', label='train')]
+  split_handles += [
+    matplotlib.lines.Line2D([], [], color='0.3', marker=m, label=s) for s, m in markers.items()
+  ]
+  ax_a.legend(handles=split_handles, fontsize=8)
+  for ax, name in ((ax_l, 'training loss'), (ax_a, 'accuracy (%)')):
+    ax.set_xlabel('step')
+    ax.set_ylabel(name)
+    ax.grid(alpha=0.3)
+  ax_l.set_title('loss', fontsize=10)
+  ax_a.set_title('accuracy: training (dashed) and evaluations', fontsize=10)
+  if title:
+    fig.suptitle(title, fontsize=11)
+  fig.tight_layout()
+  return _save(fig, path)
+
+
 K_FIGSIZE = (7.0, 4.5)
 
 
@@ -232,7 +298,12 @@ def plot_accuracy_vs_k(points: Sequence[Mapping], path: str, title: str = '') ->
 SHARE_FIGSIZE = (7.5, 5.0)
 
 
-def plot_accuracy_vs_share(points: Sequence[Mapping], path: str, title: str = '') -> str:
+def plot_accuracy_vs_share(
+  points: Sequence[Mapping],
+  path: str,
+  title: str = '',
+  ylabel: str = 'test accuracy (%), mean over tasks',
+) -> str:
   """Accuracy (%) against the trainable share (%, log x), one labelled point per method.
 
   `points`: dicts with 'method', 'share_pct' (> 0), 'mean' and optionally 'std'.
@@ -253,11 +324,14 @@ def plot_accuracy_vs_share(points: Sequence[Mapping], path: str, title: str = ''
       color=colors(i % 10),
       label=p['method'],
     )
+    # Methods with the same share (gps and random select as many entries) would print
+    # their names on top of each other: each further one at that share goes 13 pt lower.
+    same = sum(abs(math.log10(q['share_pct'] / p['share_pct'])) < 0.02 for q in shown[:i])
     ax.annotate(
       p['method'],
       (p['share_pct'], p['mean']),
       textcoords='offset points',
-      xytext=(6, 6),
+      xytext=(6, 6 - 13 * same),
       fontsize=9,
     )
   ax.set_xscale('log')
@@ -267,7 +341,7 @@ def plot_accuracy_vs_share(points: Sequence[Mapping], path: str, title: str = ''
     hi = max(p['share_pct'] for p in shown)
     ax.set_xlim(lo / 2.5, hi * 2.5)
   ax.set_xlabel('trainable share of the model, head included (%, log scale)')
-  ax.set_ylabel('test accuracy (%), mean over tasks')
+  ax.set_ylabel(ylabel)
   ax.grid(alpha=0.3, which='both')
   ax.set_title(title or 'accuracy vs trainable share (error bars: std over seeds)', fontsize=10)
   fig.tight_layout()

@@ -10,6 +10,7 @@ import pytest
 
 from gps_jax import checkpoint
 from gps_jax import metrics
+from gps_jax import report
 
 from tb_events import events
 
@@ -84,6 +85,14 @@ def test_demo_cli_end_to_end(tmp_path):
 
   linear = json.loads((tmp_path / 'run' / 'linear' / 'results.json').read_text())
   assert linear['k'] is None and linear['trainable_without_head'] == 0
+
+  # python -m gps_jax.report on the comparison: curves, gps's mask, accuracy vs share, summary.
+  assert report.main([str(tmp_path / 'run')]) == 0
+  made = sorted(p.name for p in (tmp_path / 'run' / 'report').iterdir())
+  assert made == ['accuracy_vs_share.png', 'curves.png', 'mask_gps.png', 'summary.md']
+  summary = (tmp_path / 'run' / 'report' / 'summary.md').read_text()
+  assert '| gps | gps | mnist_5k | 2 |' in summary
+  assert f'{100 * gps["test_accuracy"]:.2f}' in summary
 
   # A second run reuses the cached upstream backbone.
   out2 = _run(

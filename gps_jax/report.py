@@ -75,7 +75,7 @@ def _row(label: str, r: dict) -> str:
     r.get('method', ''),
     r.get('dataset', ''),
     '–' if k is None else str(k),
-    f'{r.get("trainable", 0):,}',
+    f'{r.get("trainable_without_head", 0):,}',
     f'{r.get("share_without_head_pct", 0.0):.3f}',
     _pct(r.get('test_accuracy')),
     _pct(r.get('best_val_accuracy')),
@@ -86,7 +86,7 @@ def _row(label: str, r: dict) -> str:
   return '| ' + ' | '.join(cells) + ' |'
 
 
-COLUMNS = ('run', 'method', 'data set', 'K', 'trainable', 'backbone share %', 'test %',
+COLUMNS = ('run', 'method', 'data set', 'K', 'backbone trainable', 'backbone share %', 'test %',
            'best val %', 'final val %', 'selection s', 'training s')  # fmt: skip
 
 

@@ -20,7 +20,7 @@ from tiny import tiny_shapes
 
 def _run(path, method, acc, share, k=None, seed_loss=1.0):
   path.mkdir(parents=True)
-  results = {'method': method, 'dataset': 'toy', 'k': k, 'trainable': 10, 'share_pct': share,
+  results = {'method': method, 'dataset': 'toy', 'k': k, 'trainable_without_head': 10, 'share_pct': share,
              'share_without_head_pct': share / 2, 'test_accuracy': acc,
              'best_val_accuracy': acc, 'final_val_accuracy': acc, 'selection_seconds': 1.5,
              'train_seconds': 2.0}  # fmt: skip

@@ -7,7 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 from tiny import TINY, random_params, tiny_shapes
 
-from gps_jax import experiment
+from gps_jax import backbone as backbone_lib
+from gps_jax import select_stage as select_stage_lib
 from gps_jax import roles as roles_lib
 from gps_jax import tree as tree_lib
 from gps_jax.checkpoint import file_sha256
@@ -97,7 +98,7 @@ def make_stage(root):
   model_config = {'name': 'vit', 'variant': '', **TINY, 'mean': (0.5,) * 3, 'std': (0.5,) * 3}
   model = ViT(**TINY)
   roles = roles_lib.assign_roles(shapes)
-  bb = experiment.Backbone(
+  bb = backbone_lib.Backbone(
     model,
     model_config,
     5,
@@ -124,6 +125,6 @@ def stage_config(**gps):
 
 
 def select_stage(stage, config, workdir=None, bb=None):
-  return experiment.select_indices(
+  return select_stage_lib.select_indices(
     config, bb or stage['bb'], stage['split'], jax.random.PRNGKey(1), 7, workdir
   )

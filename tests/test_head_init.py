@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
+from gps_jax import backbone as backbone_lib
 from gps_jax import config_defaults
 from gps_jax import tree as tree_lib
 from gps_jax import weights
@@ -145,10 +146,8 @@ def test_paper_configs_use_the_timm_head():
 
 @pytest.mark.parametrize('reinit_head', [True, False])
 def test_a_dropped_checkpoint_head_is_the_seeded_trunc_normal_one(tmp_path, reinit_head):
-  """experiment.load_params: the checkpoint's backbone, and the head of init_params(model,
+  """gps_jax.backbone.load_params: the checkpoint's backbone, and the head of init_params(model,
   rng) whether reinit_head replaces it or the file's head (3 classes) does not fit."""
-  from gps_jax import experiment
-
   variant, overrides = SMALL['vit']
   file_cfg = registry.family('vit').config(variant, num_classes=3, image_size=32, **overrides)
   file_params = weights.init_params(weights.build_model(file_cfg), jax.random.PRNGKey(7))
@@ -161,7 +160,7 @@ def test_a_dropped_checkpoint_head_is_the_seeded_trunc_normal_one(tmp_path, rein
   })  # fmt: skip
   model_config = c.model.to_dict()
   model = weights.build_model(model_config)
-  params = experiment.load_params(c, model, model_config, jax.random.PRNGKey(0))
+  params = backbone_lib.load_params(c, model, model_config, jax.random.PRNGKey(0))
   want = fitting.fresh_head(model, rng=jax.random.PRNGKey(0))
   np.testing.assert_array_equal(params['head/kernel'], want['head/kernel'])
   assert not np.asarray(params['head/bias']).any()
@@ -169,5 +168,5 @@ def test_a_dropped_checkpoint_head_is_the_seeded_trunc_normal_one(tmp_path, rein
   # The backbone is the file's (seed 7), not the fresh init's (seed 0).
   want_kernel = tree_lib.flat(file_params)['embedding/kernel']
   np.testing.assert_array_equal(params['embedding/kernel'], want_kernel)
-  other = experiment.load_params(c, model, model_config, jax.random.PRNGKey(1))
+  other = backbone_lib.load_params(c, model, model_config, jax.random.PRNGKey(1))
   assert not np.array_equal(other['head/kernel'], params['head/kernel'])

@@ -23,7 +23,8 @@ from selection_refs import (
 )
 from tiny import TINY
 
-from gps_jax import experiment, scoring
+from gps_jax import scoring
+from gps_jax import select_stage as select_stage_lib
 from gps_jax import roles as roles_lib
 from gps_jax import scores as scores_lib
 from gps_jax import tree as tree_lib
@@ -215,7 +216,7 @@ def test_resume_rebuilds_the_roles_from_the_restored_indices(stage, saved):
 
   config = stage_config(k=1, level='net', scores_from=saved['workdir'], exclude=('embedding',))
   fresh, fresh_roles, _ = select_stage(stage, config)
-  step, bb, indices, info = experiment.restore_or_select(
+  step, bb, indices, info = select_stage_lib.restore_or_select(
     config, stage['bb'], Restored(fresh), stage['split'], None, 0
   )
   assert step == 4 and info == {'restored_from_step': 4} and set(indices) == set(fresh)

@@ -59,6 +59,7 @@ import numpy as np
 from gps_jax import config_check
 from gps_jax import config_defaults
 from gps_jax import errors
+from gps_jax import backbone as backbone_lib
 from gps_jax import experiment
 from gps_jax import files
 from gps_jax import methods
@@ -202,18 +203,18 @@ def run_config(name: str, args: argparse.Namespace) -> ml_collections.ConfigDict
   return c
 
 
-def backbone(c: ml_collections.ConfigDict, classes: int, cache: dict) -> experiment.Backbone:
-  """As `experiment.setup_backbone` builds it (method fields included), with random weights
+def backbone(c: ml_collections.ConfigDict, classes: int, cache: dict) -> backbone_lib.Backbone:
+  """As `gps_jax.backbone.setup_backbone` builds it (method fields included), with random weights
   on one device; a ValueError when the family lacks the method's layers."""
-  model_cfg = experiment.model_config_of(c, classes)
+  model_cfg = backbone_lib.model_config_of(c, classes)
   model = weights.build_model(model_cfg)
   params = random_params(model, cache)
   rules = c.fan_in_rules or roles_lib.DEFAULT_FAN_IN_RULES
   roles = roles_lib.assign_roles(params, methods.rules(c), rules)
-  return experiment.Backbone(model, model_cfg, classes, params, roles, None, '', None)
+  return backbone_lib.Backbone(model, model_cfg, classes, params, roles, None, '', None)
 
 
-def random_selection(c: ml_collections.ConfigDict, bb: experiment.Backbone, cache: dict):
+def random_selection(c: ml_collections.ConfigDict, bb: backbone_lib.Backbone, cache: dict):
   """(indices, backbone with the roles after selection): K random inputs per neuron, drawn
   once per method of the registry (gps, gps_dense and gps_kentry share them)."""
   if not roles_lib.leaves_with_role(bb.roles, 'select'):
@@ -243,7 +244,7 @@ def _real(abstract: dict, classes: int) -> dict:
   })  # fmt: skip
 
 
-def k_entry_kernels(tuner, bb: experiment.Backbone, state, frozen, aux) -> tuple[int, int]:
+def k_entry_kernels(tuner, bb: backbone_lib.Backbone, state, frozen, aux) -> tuple[int, int]:
   """(kernels on the K-entry path, selected kernels) of a sparse-delta rule's forward,
   traced abstractly as `updates.SparseDelta.forward` runs it; (0, 0) for another rule."""
   rule = tuner.update

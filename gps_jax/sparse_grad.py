@@ -42,11 +42,13 @@ from gps_jax import sparse
 MODES = ('auto', 'on', 'off')
 
 # auto: K-entry gradients where K is at most this share of the fan-in. Measured on XLA:CPU
-# with the ViT-S/16 and ViT-B/16 kernel shapes (tools/layer_sweep.py, README "The cost
-# of a step"): faster than the dense path on every shape up to K / fan-in = 1/384 (K = 1 on
-# fan-in 384; K = 4 on 1536 and 3072), slower on some at 1/192 and above. A GPU has not run
-# the sweep yet. Depthwise convs always take the dense path (their dense weight gradient
-# costs what their forward costs).
+# with the ViT-S/16 and ViT-B/16 kernel shapes (tools/layer_sweep.py, README "The cost of
+# a step"): K = 1 is faster than the dense path on every shape (0.70-0.89x); at 1/384 the
+# layers range from 0.75x to 1.12x and the whole ViT-B/16 step at K = 2 (every kernel at or
+# below 1/384) takes 0.83x full fine-tuning's time against 1.02x with dense weight
+# gradients, at less memory; beyond 1/384 the layers lose. A GPU has not run the sweep yet.
+# Depthwise convs always take the dense path (their dense weight gradient costs what their
+# forward costs).
 MAX_K_SHARE = 1 / 384
 
 

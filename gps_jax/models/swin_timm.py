@@ -11,7 +11,8 @@ from typing import Any
 
 import numpy as np
 
-from gps_jax.models.swin import SwinTransformer, to_2tuple
+from gps_jax.models.swin import SwinTransformer
+from gps_jax.models.swin_windows import to_2tuple
 from gps_jax.models.timm_layout import TIMM_LEAVES, timm_layout
 
 

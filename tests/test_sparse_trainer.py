@@ -1,4 +1,5 @@
-"""Tests of gps_jax.sparse and the MaskedFinetuner (sparse and dense modes)."""
+"""MaskedFinetuner in its sparse and dense modes on a tiny ViT: the same parameters, a NumPy
+AdamW reference, frozen entries bit-identical, optimizer state for trainable entries only."""
 
 import math
 
@@ -9,122 +10,18 @@ import pytest
 
 from gps_jax import methods
 from gps_jax import roles as roles_lib
-from gps_jax import tree as tree_lib
 from gps_jax import sparse
-from gps_jax.config_defaults import experiment_config
-from gps_jax.models import ViT
+from gps_jax import tree as tree_lib
 from gps_jax.trainer import MaskedFinetuner
 
-from tiny import TINY, random_params
-
-K = 2
-STEPS = 10
-# Adam eps 1e-4: the key bias has an exactly-zero true gradient (softmax is shift-invariant),
-# and with eps 1e-8 Adam would blow its rounding noise (~1e-9) up to full-size steps.
-LR, WD, EPS, B1, B2, SMOOTHING = 1e-2, 0.1, 1e-4, 0.9, 0.999, 0.1
-
-
-# ----------------------------------------------------------------------------
-# scatter_add / gather against NumPy
-# ----------------------------------------------------------------------------
-KINDS = [
-  ((12, 20), 1),  # Dense (in, out)
-  ((12, 3, 4), 1),  # attention q/k/v (in, heads, head_dim)
-  ((3, 4, 12), 2),  # attention out (heads, head_dim, out)
-  ((3, 3, 4, 6), 3),  # conv (kh, kw, in, out)
-  ((7, 7, 1, 5), 3),  # depthwise conv
-]
-
-
-def random_indices(rng, fan_in, neurons, k):
-  return np.stack([np.sort(rng.choice(fan_in, k, replace=False)) for _ in range(neurons)]).astype(
-    np.int32
-  )
-
-
-@pytest.mark.parametrize('shape,fan_in_ndim', KINDS)
-def test_scatter_add_and_gather_match_numpy(shape, fan_in_ndim):
-  rng = np.random.default_rng(len(shape) * 10 + fan_in_ndim)
-  base = rng.normal(size=shape).astype(np.float32)
-  fan_in = math.prod(shape[:fan_in_ndim])
-  neurons = math.prod(shape[fan_in_ndim:])
-  idx = random_indices(rng, fan_in, neurons, 3)
-  values = rng.normal(size=(neurons, 3)).astype(np.float32)
-
-  # NumPy: entry t of neuron j sits at flattened fan-in position idx[j, t] and
-  # flattened neuron position j (C order over the fan-in axes and the neuron axes).
-  want = base.copy()
-  want_gather = np.zeros((neurons, 3), np.float32)
-  for j in range(neurons):
-    out_pos = np.unravel_index(j, shape[fan_in_ndim:])
-    for t in range(3):
-      in_pos = np.unravel_index(idx[j, t], shape[:fan_in_ndim])
-      want_gather[j, t] = base[in_pos + out_pos]
-      want[in_pos + out_pos] += values[j, t]
-
-  got = np.asarray(
-    sparse.scatter_add(jnp.asarray(base), jnp.asarray(idx), jnp.asarray(values), fan_in_ndim)
-  )
-  assert got.shape == shape
-  np.testing.assert_array_equal(got, want)
-  got_g = np.asarray(sparse.gather(jnp.asarray(base), jnp.asarray(idx), fan_in_ndim))
-  np.testing.assert_array_equal(got_g, want_gather)
-  # Round trip: gather of the scattered kernel is base + values at the indices.
-  np.testing.assert_allclose(
-    np.asarray(sparse.gather(jnp.asarray(got), jnp.asarray(idx), fan_in_ndim)),
-    want_gather + values,
-    rtol=1e-6,
-  )
-
-
-# ----------------------------------------------------------------------------
-# A tiny run in both modes
-# ----------------------------------------------------------------------------
-def make_config(method='gps', mode='sparse'):
-  cfg = experiment_config()
-  cfg.method = method
-  cfg.optim.name = 'adamw'
-  cfg.optim.lr = LR
-  cfg.optim.weight_decay = WD
-  cfg.optim.eps = EPS
-  cfg.optim.b1 = B1
-  cfg.optim.b2 = B2
-  cfg.optim.end_lr = 0.0
-  cfg.optim.grad_clip_norm = 0.0
-  cfg.train.update_mode = mode
-  cfg.train.label_smoothing = SMOOTHING
-  return cfg
-
-
-def make_batches(num, b, seed=0):
-  rng = np.random.default_rng(seed)
-  return [
-    {
-      'image': rng.normal(size=(b, 8, 8, 3)).astype(np.float32),
-      'label': rng.integers(0, 5, size=b).astype(np.int32),
-    }
-    for _ in range(num)
-  ]
+from trainer_setup import (
+  B1, B2, EPS, K, LR, SMOOTHING, STEPS, WD, build_setup, copy_of, make_config,
+)  # fmt: skip
 
 
 @pytest.fixture(scope='module')
 def setup():
-  model = ViT(**TINY)
-  shapes = jax.eval_shape(
-    lambda r: model.init(r, jnp.zeros((1, 8, 8, 3)), train=False), jax.random.PRNGKey(0)
-  )['params']
-  base = random_params(shapes)
-  roles = roles_lib.assign_roles(shapes)
-  rng = np.random.default_rng(1)
-  indices = {
-    p: random_indices(rng, r.fan_in, r.num_neurons, K)
-    for p, r in roles_lib.leaves_with_role(roles, 'select').items()
-  }
-  return model, base, roles, indices, make_batches(STEPS, 8)
-
-
-def copy_of(base):
-  return {p: np.array(v, copy=True) for p, v in base.items()}
+  return build_setup()
 
 
 def masks_np(roles, indices):
@@ -369,104 +266,3 @@ def test_init_from_numpy_params_puts_everything_on_device(setup, mode):
   composed = tuner.compose(frozen, aux, state.trainable)
   for p in base:
     np.testing.assert_array_equal(np.asarray(composed[p]), base[p], err_msg=p)
-
-
-# ----------------------------------------------------------------------------
-# EMA of the trainable weights, mixup / cutmix in the step
-# ----------------------------------------------------------------------------
-def _tuner(setup, mode='sparse', **train_overrides):
-  model, _, roles, sel, _ = setup
-  cfg = make_config(mode=mode)
-  cfg.train.update(train_overrides)
-  return MaskedFinetuner(
-    model.apply,
-    roles,
-    {p: jnp.asarray(v) for p, v in sel.items()},
-    cfg,
-    num_classes=5,
-    total_steps=STEPS,
-    mode=mode,
-  )
-
-
-@pytest.mark.parametrize('mode', ['sparse', 'dense'])
-def test_ema_follows_the_recurrence_and_does_not_change_training(setup, mode):
-  _, base, _, _, batches = setup
-  decay = 0.8
-  tuner = _tuner(setup, mode, ema_decay=decay)
-  plain = _tuner(setup, mode)
-  state, frozen, aux = tuner.init(copy_of(base))
-  pstate, _, _ = plain.init(copy_of(base))
-  rng = jax.random.PRNGKey(3)
-  # NumPy recurrence over the trainable values seen after every step.
-  want = jax.tree.map(lambda v: np.asarray(v, np.float64), state.trainable)
-  for b in batches[:4]:
-    state, _ = tuner.train_step(state, frozen, aux, b, rng)
-    pstate, _ = plain.train_step(pstate, frozen, aux, b, rng)
-    want = jax.tree.map(lambda w, v: decay * w + (1 - decay) * np.asarray(v), want, state.trainable)
-  jax.tree.map(
-    lambda e, w: np.testing.assert_allclose(np.asarray(e), w, rtol=1e-5, atol=1e-6), state.ema, want
-  )
-  # The EMA is a passenger: the trained weights are those of a run without it.
-  jax.tree.map(
-    lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)),
-    state.trainable,
-    pstate.trainable,
-  )
-  assert pstate.ema is None
-  head = tuner.compose_jit(frozen, aux, state.trainable)['head/kernel']
-  head_ema = tuner.compose_jit(frozen, aux, state.ema)['head/kernel']
-  assert not np.allclose(np.asarray(head), np.asarray(head_ema))
-  # Evaluating with ema=True uses the EMA weights.
-  batch = {**batches[0], 'mask': np.ones(8, bool)}
-  params_ema = tuner.compose_jit(frozen, aux, state.ema)
-  logits, _ = setup[0].apply({'params': tree_lib.unflat(params_ema)}, batch['image'], train=False)
-  want_acc = float(np.mean(np.asarray(logits).argmax(-1) == batch['label']))
-  assert tuner.evaluate(frozen, aux, state, [batch], ema=True) == pytest.approx(want_acc)
-  with pytest.raises(ValueError, match='ema_decay'):
-    plain.evaluate(frozen, aux, pstate, [batch], ema=True)
-
-
-def test_bad_ema_decay_is_an_error(setup):
-  with pytest.raises(ValueError, match=r'config.train.ema_decay=1.0'):
-    _tuner(setup, ema_decay=1.0)
-
-
-def test_mixing_with_probability_zero_is_the_plain_smoothed_step(setup):
-  """mix_prob 0: targets are the smoothed one-hots, i.e. the unmixed step's loss."""
-  _, base, _, _, batches = setup
-  mixed = _tuner(setup, mixup=0.8, cutmix=1.0, mix_prob=0.0)
-  plain = _tuner(setup)
-  state, frozen, aux = mixed.init(copy_of(base))
-  pstate, _, _ = plain.init(copy_of(base))
-  _, m = mixed.train_step(state, frozen, aux, batches[0], jax.random.PRNGKey(3))
-  _, pm = plain.train_step(pstate, frozen, aux, batches[0], jax.random.PRNGKey(3))
-  assert float(m['loss']) == pytest.approx(float(pm['loss']), rel=1e-5)
-
-
-def test_mixing_changes_the_loss_to_the_mixed_targets_loss(setup):
-  """mixup only, prob 1: the step's loss is the CE against timm's mixed, smoothed targets."""
-  from gps_jax.losses import cross_entropy
-  from gps_jax.mixup import mix_batch
-
-  model, base, _, _, batches = setup
-  tuner = _tuner(setup, mixup=0.8, cutmix=0.0, mix_prob=1.0)
-  state, frozen, aux = tuner.init(copy_of(base))
-  rng = jax.random.PRNGKey(3)
-  _, m = tuner.train_step(state, frozen, aux, batches[0], rng)
-  # The step folds in the step number, splits off the mixing key, and mixes with it.
-  _, rng_mix = jax.random.split(jax.random.fold_in(rng, 0))
-  images, targets = mix_batch(
-    rng_mix,
-    jnp.asarray(batches[0]['image']),
-    jnp.asarray(batches[0]['label']),
-    5,
-    mixup_alpha=0.8,
-    cutmix_alpha=0.0,
-    label_smoothing=SMOOTHING,
-  )
-  params = tree_lib.unflat({p: jnp.asarray(v) for p, v in base.items()})
-  logits, _ = model.apply({'params': params}, images, train=False)  # TINY has no dropout.
-  want = float(cross_entropy(logits, targets, 5).mean())
-  assert float(m['loss']) == pytest.approx(want, rel=1e-4)
-  assert not np.allclose(np.asarray(targets).max(-1), 1 - SMOOTHING + SMOOTHING / 5)

@@ -69,30 +69,41 @@ class Durations:
     )
 
 
-def make_iterators(config: ml_collections.ConfigDict, train_split, start_step: int, seed: int):
-  """Stage 3: (train iterator, eval sets, final sets, split names) of the run."""
-  size = config.model.image_size
-  train_image, eval_image = pipeline.recipe_image_fns(
+def image_fns(config: ml_collections.ConfigDict):
+  """(train image fn, eval image fn) of the config's data recipe."""
+  return pipeline.recipe_image_fns(
     config.data.recipe,
-    size,
+    config.model.image_size,
     tuple(config.model.mean),
     tuple(config.model.std),
     resize_size=config.data.resize_size or None,
     train_interpolation=config.data.train_interpolation,
     eval_interpolation=config.data.eval_interpolation,
   )
+
+
+def eval_batches(config: ml_collections.ConfigDict, role: str):
+  """(the split's name, a function that gives one pass of its eval batches) of the split
+  `role` ('val', 'test' or a split name) of the configured data set."""
+  split = splits_lib.open_split(config.data, role)
+  _, eval_image = image_fns(config)
+  return split.name, lambda: pipeline.eval_batches(
+    split,
+    batch_size=config.data.eval_batch_size,
+    image_fn=eval_image,
+    image_size=config.model.image_size,
+    **backbone_lib.processes(),
+  )
+
+
+def make_iterators(config: ml_collections.ConfigDict, train_split, start_step: int, seed: int):
+  """Stage 3: (train iterator, eval sets, final sets, split names) of the run."""
+  train_image, _ = image_fns(config)
   split_names = {'train': train_split.name}
 
   def eval_maker(name, role):
-    split = splits_lib.open_split(config.data, role)
-    split_names[name] = split.name
-    return lambda: pipeline.eval_batches(
-      split,
-      batch_size=config.data.eval_batch_size,
-      image_fn=eval_image,
-      image_size=size,
-      **backbone_lib.processes(),
-    )
+    split_names[name], batches = eval_batches(config, role)
+    return batches
 
   eval_sets = {'val': eval_maker('val', config.data.val_split)} if config.data.val_split else {}
   final_sets = {'test': eval_maker('test', config.data.test_split)}
@@ -189,14 +200,24 @@ def write_delta(config, bb: Backbone, tuner, state, workdir: str) -> None:
   )
 
 
-def run(config: ml_collections.ConfigDict, workdir: str) -> tuple[dict, dict]:
+def run_keys(seed: int) -> tuple[jax.Array, jax.Array, jax.Array, int]:
+  """(init, selection and training keys, data seed) of a run with `seed`: a notebook that
+  runs the stages itself gets the run's own randomness (the same selection pass)."""
+  rng_init, rng_select, rng_train, rng_data = jax.random.split(jax.random.PRNGKey(seed), 4)
+  return rng_init, rng_select, rng_train, int(jax.random.randint(rng_data, (), 0, 2**31 - 1))
+
+
+def run(
+  config: ml_collections.ConfigDict, workdir: str, log: metrics_lib.MetricsLog | None = None
+) -> tuple[dict, dict]:
   """Runs one experiment; writes results.json, mask_stats.json, metrics.jsonl and the delta.
 
-  Returns (results, the fine-tuned flat parameters).
+  `log` receives the run's metrics (default: a `MetricsLog` of `workdir`; a notebook passes
+  `gps_jax.notebook.LiveCurves`); the run closes it. Returns (results, the fine-tuned flat
+  parameters).
   """
   os.makedirs(workdir, exist_ok=True)
-  rng_init, rng_select, rng_train, rng_data = jax.random.split(jax.random.PRNGKey(config.seed), 4)
-  data_seed = int(jax.random.randint(rng_data, (), 0, 2**31 - 1))
+  rng_init, rng_select, rng_train, data_seed = run_keys(config.seed)
 
   bb = setup_backbone(config, rng_init)
   train_split = splits_lib.open_split(config.data, config.data.train_split)
@@ -238,7 +259,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> tuple[dict, dict]:
     'mask_stats': {k: v for k, v in stats.items() if k != 'leaves'},
   }
   bs = config.data.batch_size
-  log = metrics_lib.MetricsLog(workdir)
+  log = log if log is not None else metrics_lib.MetricsLog(workdir)
   try:
     out = trainer_lib.fit(
       tuner,

@@ -24,6 +24,7 @@ a display). `gps_jax.results_report` writes them for a grid of runs (``tools/rep
 
 from __future__ import annotations
 
+import io
 import math
 import os
 import re
@@ -209,7 +210,7 @@ def plot_curves(
   title: str = '',
   groups: Mapping[str, str] | None = None,
 ) -> str:
-  """Training loss (left) and accuracy (%, right) against the step.
+  """Training loss (left) and accuracy (%, right) against the step, saved to `path`.
 
   `runs`: {label: the run's metrics.jsonl records}. Left: the 'train' records' loss.
   Right: their training accuracy (dashed) and every split of the 'eval' and 'final'
@@ -217,6 +218,22 @@ def plot_curves(
   group (`groups`: {label: group}, e.g. the method of each seed's run; default: the
   label), and the legends name the groups and the splits, not every run. Returns `path`.
   """
+  return _save(curves_figure(runs, title, groups), path)
+
+
+def png_bytes(fig: Figure) -> bytes:
+  """`fig` as PNG bytes (at `DPI`), for a notebook's display instead of a file."""
+  buf = io.BytesIO()
+  fig.savefig(buf, dpi=DPI, format='png')
+  return buf.getvalue()
+
+
+def curves_figure(
+  runs: Mapping[str, Sequence[Mapping]],
+  title: str = '',
+  groups: Mapping[str, str] | None = None,
+) -> Figure:
+  """The figure of `plot_curves`, not saved (`gps_jax.notebook.LiveCurves` redraws it)."""
   fig = Figure(figsize=CURVES_FIGSIZE, dpi=DPI)
   ax_l, ax_a = fig.subplots(1, 2)
   colors = matplotlib.colormaps['tab10']
@@ -255,7 +272,7 @@ def plot_curves(
   if title:
     fig.suptitle(title, fontsize=11)
   fig.tight_layout()
-  return _save(fig, path)
+  return fig
 
 
 K_FIGSIZE = (7.0, 4.5)

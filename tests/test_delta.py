@@ -11,6 +11,7 @@ import pytest
 from cli_run import REPO
 from delta_env import (
   K,
+  MODEL,
   assert_params,
   make_manifest,
   make_result,
@@ -84,6 +85,41 @@ def test_apply_equals_a_numpy_scatter_and_writes_a_dense_npz(env, tmp_path):
   delta_lib.write_npz(out, params)
   with np.load(out, allow_pickle=False) as npz:
     assert_params({k: npz[k] for k in npz.files}, ref)
+
+
+def test_apply_to_a_loaded_base_serves_any_class_count_and_leaves_it_unchanged(env):
+  result = make_result(env, 12)
+  d = delta_lib.load(save_at(env, 'to', result))
+  # One base in memory, loaded with a head of another class count than the delta's (5).
+  base = delta_lib.load_base(env['base_file'], MODEL, 7)
+  before = {p: v.copy() for p, v in base.items()}
+  params = delta_lib.apply_to(d, base)
+  assert_params(params, reference_apply(env, result))
+  assert params['head/kernel'].shape == (16, 5)
+  assert base.keys() == before.keys()
+  assert all(np.array_equal(base[p], before[p]) for p in base)
+
+
+@pytest.mark.parametrize('dtype', ['float32', 'bfloat16'])
+@pytest.mark.parametrize('fan_in_ndim', [1, 2, 3])
+def test_the_host_scatter_of_apply_equals_the_trainers_jax_scatter(dtype, fan_in_ndim):
+  import jax.numpy as jnp
+
+  from gps_jax import sparse
+  from gps_jax.delta.apply import _scatter
+
+  rng = np.random.default_rng(fan_in_ndim)
+  shape = (3, 4, 5, 6)  # the leading fan_in_ndim axes are inputs, the rest neurons
+  base = rng.normal(size=shape).astype(jnp.dtype(dtype))
+  fan_in = int(np.prod(shape[:fan_in_ndim]))
+  neurons = int(np.prod(shape[fan_in_ndim:]))
+  idx = np.argsort(rng.random((neurons, fan_in)), axis=1)[:, :2].astype(np.int32)
+  values = rng.normal(size=(neurons, 2)).astype(np.float32)
+  got = _scatter(base, idx, values, fan_in_ndim)
+  want = sparse.scatter_add(jnp.asarray(base), jnp.asarray(idx), jnp.asarray(values), fan_in_ndim)
+  assert got.dtype == want.dtype == np.float32  # a bfloat16 base keeps the delta whole
+  np.testing.assert_array_equal(got, np.asarray(want))
+  np.testing.assert_array_equal(got, np_scatter(base, idx, values, fan_in_ndim).astype(np.float32))
 
 
 def test_apply_refuses_another_base_naming_both_hashes(env):

@@ -64,7 +64,7 @@ Errors reading a delta are a FileNotFoundError or a ValueError naming the path;
 the command line prints them as one ``error: ...`` line and exits with 1.
 """
 
-from gps_jax.delta.apply import apply_delta, check_base, load_base, write_npz
+from gps_jax.delta.apply import apply_delta, apply_to, check_base, load_base, write_npz
 from gps_jax.delta.cli import main
 from gps_jax.delta.compose import (
   NON_ARCH_KEYS,
@@ -96,6 +96,7 @@ __all__ = [
   'SAFETENSORS_KEY',
   'Delta',
   'apply_delta',
+  'apply_to',
   'check_base',
   'check_compatible',
   'compose_deltas',

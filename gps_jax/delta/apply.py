@@ -8,7 +8,7 @@ from collections.abc import Callable, Mapping, Sequence
 import jax.numpy as jnp
 import numpy as np
 
-from gps_jax import checkpoint, sparse
+from gps_jax import checkpoint
 from gps_jax import factors as factors_lib
 from gps_jax import tree as tree_lib
 from gps_jax.delta.store import Delta, _require_manifest
@@ -82,8 +82,14 @@ def _check_leaves(d: Delta, base: Mapping[str, np.ndarray], heads: bool = True) 
 
 
 def _scatter(base: np.ndarray, idx: np.ndarray, values: np.ndarray, fan_in_ndim: int) -> np.ndarray:
-  out = sparse.scatter_add(jnp.asarray(base), jnp.asarray(idx), jnp.asarray(values), fan_in_ndim)
-  return np.asarray(out)
+  """`gps_jax.sparse.scatter_add` on the host: a new array, base + values at (idx[n, k], n)
+  of the (fan_in, neurons) view, in the wider dtype. NumPy, not a JAX op per leaf: applying
+  a delta is host work (tens of milliseconds of dispatch for a small model otherwise)."""
+  base = np.asarray(base)
+  out = base.astype(np.promote_types(base.dtype, np.asarray(values).dtype), copy=True)
+  rows = out.reshape(int(np.prod(base.shape[:fan_in_ndim], dtype=np.int64)), -1)
+  np.add.at(rows, (np.asarray(idx), np.arange(rows.shape[1])[:, None]), np.asarray(values, out.dtype))
+  return out
 
 
 def apply_delta(
@@ -93,8 +99,19 @@ def apply_delta(
   factors), trained leaves replaced."""
   m = _require_manifest(d)
   check_base([m], base_path, force=force, warn=warn)
-  params = load_base(base_path, m['model'], _num_classes(d.train, m))
-  _check_leaves(d, params)
+  base = load_base(base_path, m['model'], _num_classes(d.train, m))
+  _check_leaves(d, base)
+  return apply_to(d, base)
+
+
+def apply_to(d: Delta, base: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+  """`apply_delta` on a base already in memory (flat float32 params, as `load_base` gives
+  them; which file they came from is the caller's to check): a new dict, `base` unchanged.
+  The delta's head replaces the base's whatever its class count, so one loaded base serves
+  the deltas of tasks with any number of classes."""
+  m = _require_manifest(d)
+  _check_leaves(d, base, heads=False)
+  params = dict(base)
   if d.factors:  # LoRA / SSF: merged into the base as in the trainer's forward pass
     spec = m[checkpoint.FACTORS]
     factors_lib.check(spec, {p: v.shape for p, v in params.items()}, d.factors, d.source)
@@ -103,7 +120,7 @@ def apply_delta(
   for p, values in d.delta.items():
     params[p] = _scatter(params[p], d.indices[p], values, int(m['fan_in_ndim'][p]))
   for p, v in d.train.items():
-    params[p] = np.asarray(v, params[p].dtype)
+    params[p] = np.asarray(v, params[p].dtype if p in params else np.float32)
   return params
 
 

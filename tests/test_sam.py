@@ -1,0 +1,162 @@
+"""gps_jax.models.sam against the segment-anything package in PyTorch on CPU (random
+weights), and the official checkpoint's converter."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+from segment_anything import modeling as sam_torch_lib
+from segment_anything.modeling.image_encoder import get_rel_pos
+
+from gps_jax import errors, tree
+from gps_jax.models import sam_torch
+from gps_jax.models.sam import SAM, VARIANTS, rel_pos_index
+
+# Windowed blocks whose 10 x 10 grid is padded to 12 x 12 (window 4), and two global blocks.
+TINY = dict(image_size=80, patch_size=8, embed_dim=32, depth=4, num_heads=2, global_blocks=(1, 3),
+            window=4, prompt_dim=32, decoder_heads=2, decoder_mlp_dim=64, iou_head_hidden=24)  # fmt: skip
+
+
+def torch_sam(c: dict, seed: int = 0):
+  """The package's Sam with the sizes of `c` and random weights everywhere (LayerNorm
+  scales, relative position tables and embeddings included: zero-init would hide bugs)."""
+  grid = c['image_size'] // c['patch_size']
+  torch.manual_seed(seed)
+  sam = sam_torch_lib.Sam(
+    image_encoder=sam_torch_lib.ImageEncoderViT(
+      depth=c['depth'], embed_dim=c['embed_dim'], img_size=c['image_size'], mlp_ratio=4,
+      norm_layer=functools.partial(torch.nn.LayerNorm, eps=1e-6), num_heads=c['num_heads'],
+      patch_size=c['patch_size'], qkv_bias=True, use_rel_pos=True,
+      global_attn_indexes=c['global_blocks'], window_size=c['window'], out_chans=c['prompt_dim'],
+    ),
+    prompt_encoder=sam_torch_lib.PromptEncoder(
+      embed_dim=c['prompt_dim'], image_embedding_size=(grid, grid),
+      input_image_size=(c['image_size'], c['image_size']), mask_in_chans=16,
+    ),
+    mask_decoder=sam_torch_lib.MaskDecoder(
+      num_multimask_outputs=3,
+      transformer=sam_torch_lib.TwoWayTransformer(
+        depth=2, embedding_dim=c['prompt_dim'], mlp_dim=c['decoder_mlp_dim'],
+        num_heads=c['decoder_heads'],
+      ),
+      transformer_dim=c['prompt_dim'], iou_head_depth=3, iou_head_hidden_dim=c['iou_head_hidden'],
+    ),
+  )  # fmt: skip
+  with torch.no_grad():
+    for name, p in sam.named_parameters():
+      if name.endswith('norm1.weight') or 'norm' in name and name.endswith('weight'):
+        p.copy_(1.0 + 0.2 * torch.randn_like(p))
+      elif p.dim() == 1 or 'rel_pos' in name or 'pos_embed' in name:
+        p.copy_(0.2 * torch.randn_like(p))
+  return sam.eval()
+
+
+def torch_forward(sam, images: np.ndarray):
+  """(image embeddings NHWC, mask-0 logits [B, 4h, 4w], IoU of mask 0) one image at a time,
+  with no prompt, as the polyp experiment calls SAM."""
+  embs, masks, ious = [], [], []
+  with torch.no_grad():
+    for image in images:
+      x = torch.from_numpy(image.transpose(2, 0, 1)[None])
+      emb = sam.image_encoder(x)
+      sparse, dense = sam.prompt_encoder(points=None, boxes=None, masks=None)
+      m, iou = sam.mask_decoder(
+        image_embeddings=emb, image_pe=sam.prompt_encoder.get_dense_pe(),
+        sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense, multimask_output=False,
+      )  # fmt: skip
+      embs.append(emb[0].permute(1, 2, 0).numpy())
+      masks.append(m[0, 0].numpy())
+      ious.append(iou[0, 0].item())
+  return np.stack(embs), np.stack(masks), np.asarray(ious)
+
+
+def state_dict(sam) -> dict:
+  return {k: v.detach().numpy() for k, v in sam.state_dict().items()}
+
+
+def check_parity(c: dict, images: np.ndarray, atol: float):
+  sam = torch_sam(c)
+  model = SAM(**c)
+  params = sam_torch.sam_params_from_torch(state_dict(sam), model)
+  emb_t, masks_t, iou_t = torch_forward(sam, images)
+  variables = {'params': tree.unflat(params)}
+  emb = jax.jit(lambda v, x: model.apply(v, x, method=SAM.image_embeddings))(variables, images)
+  masks, iou = jax.jit(model.apply)(variables, jnp.asarray(images))
+  np.testing.assert_allclose(emb, emb_t, atol=atol, rtol=0)
+  np.testing.assert_allclose(masks, masks_t, atol=atol, rtol=0)
+  np.testing.assert_allclose(iou, iou_t, atol=atol, rtol=0)
+  assert np.abs(masks_t).max() > 10 * atol  # the logits are not trivially small
+
+
+def test_embeddings_and_mask_logits_equal_segment_anything():
+  images = np.random.default_rng(0).normal(size=(2, 80, 80, 3)).astype(np.float32)
+  check_parity(TINY, images, atol=1e-4)
+
+
+def test_rel_pos_and_pos_embed_resizes_equal_torch():
+  rng = np.random.default_rng(1)
+  for rows, q in ((27, 7), (7, 14), (127, 16)):  # up, and down from a 1024 px table
+    table = rng.normal(size=(rows, 8)).astype(np.float32)
+    want = get_rel_pos(q, q, torch.from_numpy(table)).numpy()  # SAM's own on-the-fly resize
+    got = sam_torch.resize_rel_pos(table, 2 * q - 1)[np.asarray(rel_pos_index(q, q))]
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)  # torch: float32 positions
+  pos = rng.normal(size=(1, 64, 64, 16)).astype(np.float32)
+  for grid in ((16, 16), (80, 80)):
+    want = torch.nn.functional.interpolate(
+      torch.from_numpy(pos).permute(0, 3, 1, 2), size=grid, mode='bilinear', align_corners=False
+    ).permute(0, 2, 3, 1).numpy()
+    np.testing.assert_allclose(sam_torch.resize_pos_embed(pos, grid), want, rtol=1e-5, atol=1e-5)
+
+
+def test_pth_file_loads_with_weights_only_and_bad_files_are_one_line(tmp_path):
+  sam = torch_sam(TINY, seed=3)
+  path = tmp_path / 'sam_tiny.pth'
+  torch.save(sam.state_dict(), path)
+  model = SAM(**TINY)
+  params = sam_torch.load_sam_pth(str(path), model)
+  direct = sam_torch.sam_params_from_torch(state_dict(sam), model)
+  assert params.keys() == direct.keys() == sam_torch.expected_shapes(model).keys()
+  assert all(np.array_equal(params[p], direct[p]) for p in params)
+  # The unused prompt parts are in the file and left out, nothing else.
+  unused = [k for k in sam.state_dict() if sam_torch.UNUSED.match(k)]
+  assert unused and all(k.startswith('prompt_encoder.') for k in unused)
+
+  partial = {k: v for k, v in sam.state_dict().items() if 'neck.2' not in k}
+  torch.save(partial, tmp_path / 'partial.pth')
+  with pytest.raises(errors.UserError, match=r'partial\.pth.*missing 1.*neck_2/kernel'):
+    sam_torch.load_sam_pth(str(tmp_path / 'partial.pth'), model)
+  torch.save({**sam.state_dict(), 'extra.weight': torch.zeros(2)}, tmp_path / 'extra.pth')
+  with pytest.raises(errors.UserError, match=r'1 unknown.*extra\.weight'):
+    sam_torch.load_sam_pth(str(tmp_path / 'extra.pth'), model)
+  # A pickle that would run code is refused by weights_only, as a one-line user error.
+  torch.save({'x': functools.partial(print, 'ran')}, tmp_path / 'code.pth')
+  with pytest.raises(errors.UserError, match=r'code\.pth: not a readable'):
+    sam_torch.load_sam_pth(str(tmp_path / 'code.pth'), model)
+
+
+@pytest.mark.parametrize('variant', sorted(VARIANTS))
+def test_variants_have_the_official_models_shapes(variant):
+  from segment_anything import sam_model_registry
+
+  dim, depth, heads, global_blocks = VARIANTS[variant]
+  model = SAM(embed_dim=dim, depth=depth, num_heads=heads, global_blocks=global_blocks)
+  with torch.device('meta'):  # shapes only: no 90M-600M random numbers
+    sam = sam_model_registry[variant]()
+  got = {
+    sam_torch.flax_path(k): sam_torch._convert(sam_torch.flax_path(k), np.empty(v.shape)).shape
+    for k, v in sam.state_dict().items()
+    if not sam_torch.UNUSED.match(k)
+  }
+  assert got == sam_torch.expected_shapes(model)
+
+
+@pytest.mark.slow
+def test_vit_b_at_1024_equals_segment_anything():
+  c = dict(image_size=1024, patch_size=16, embed_dim=768, depth=12, num_heads=12,
+           global_blocks=(2, 5, 8, 11), window=14, prompt_dim=256, decoder_heads=8,
+           decoder_mlp_dim=2048, iou_head_hidden=256)  # fmt: skip
+  images = np.random.default_rng(2).normal(size=(1, 1024, 1024, 3)).astype(np.float32)
+  check_parity(c, images, atol=1e-4)

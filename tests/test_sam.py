@@ -160,3 +160,42 @@ def test_vit_b_at_1024_equals_segment_anything():
            decoder_mlp_dim=2048, iou_head_hidden=256)  # fmt: skip
   images = np.random.default_rng(2).normal(size=(1, 1024, 1024, 3)).astype(np.float32)
   check_parity(c, images, atol=1e-4)
+
+
+def original_role(name: str, shape: tuple) -> str:
+  """The original's classification of an official parameter in its GPS run (independent
+  of our rules): FightingFighting/GPS SAM/utils_/pruning.py's
+  prune_by_percentile_gradient_perCell (mask 1 = frozen, 0 = trained, per-row top-K =
+  selected) on the parameters train.py leaves trainable in --tuning-mode gps."""
+  if 'image_encoder' in name:
+    if 'norm' in name or 'pos_embed' in name or 'pos' in name:
+      return 'freeze'
+    if 'head' in name or 'bias' in name:
+      return 'train'
+    if 'neck' in name and len(shape) == 1:
+      return 'freeze'
+    return 'select'
+  return 'train'
+
+
+def test_gps_role_rules_are_the_originals_with_its_neurons():
+  from gps_jax import roles as roles_lib
+  from gps_jax.models.sam import GPS_ROLE_RULES
+
+  sam = torch_sam(TINY)
+  shapes = sam_torch.expected_shapes(SAM(**TINY))
+  roles = tree.flat(roles_lib.assign_roles(
+    {p: jax.ShapeDtypeStruct(s, jnp.float32) for p, s in shapes.items()}, GPS_ROLE_RULES
+  ))  # fmt: skip
+  parameters = dict(sam.named_parameters())  # the rest of the state dict are buffers
+  seen = set()
+  for name, value in sam.state_dict().items():
+    if sam_torch.UNUSED.match(name):
+      continue
+    role = roles[sam_torch.flax_path(name)]
+    want = original_role(name, tuple(value.shape)) if name in parameters else 'freeze'
+    assert role.role == want, name
+    if role.role == 'select':  # torch rows are neurons: (out, in...) -> per-row top-K
+      assert (role.num_neurons, role.fan_in) == (value.shape[0], value[0].numel()), name
+    seen.add(role.role)
+  assert seen == {'select', 'train', 'freeze'}

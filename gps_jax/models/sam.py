@@ -27,6 +27,13 @@ Parameter layout (``'/'``-joined paths; the names of the PyTorch module tree)::
 
 :func:`gps_jax.models.sam_torch.sam_params_from_torch` converts the official state dict
 (``sam_vit_b_01ec64.pth``) into this layout.
+
+A difference from the original GPS code (its ``SAM/``, built on SAM-Adapter): its model
+keeps the positional encoding's matrix and the no-mask embedding at the top level
+(``pe_layer``, ``no_mask_embed``) while the checkpoint names them under
+``prompt_encoder.``, and it loads the checkpoint with ``strict=False``, so both start
+random there (the matrix as a fresh ``torch.randn`` buffer). Here both come from the
+checkpoint, as SAM defines them.
 """
 
 from __future__ import annotations
@@ -42,6 +49,25 @@ from gps_jax.models.layers import layer_norm
 from gps_jax.models.sam_decoder import MaskDecoder, MLPBlock, PromptEncoder
 
 EPS = 1e-6  # SAM's encoder LayerNorms and LayerNorm2d
+
+# The GPS roles of the original's SAM experiment (FightingFighting/GPS,
+# SAM/utils_/pruning.py and train.py, --tuning-mode gps), as config rules: in the image
+# encoder every kernel (qkv, proj, lin1, lin2, the patch embedding and neck convs) is
+# selected per output neuron, its biases train, and its LayerNorms, position embedding and
+# relative-position tables stay frozen — except the biases of the neck's two LayerNorm2d,
+# which the original's order of tests ('bias' before 'neck' and one-dimensional) trains
+# while it freezes their scales; everything outside the image encoder (the mask decoder,
+# the no-mask embedding) trains in full, but for the positional encoding's random matrix,
+# a buffer in PyTorch, never trained. For `config.rules`.
+GPS_ROLE_RULES = (
+  (r'/positional_encoding_gaussian_matrix$', 'freeze'),
+  (r'^(prompt_encoder|mask_decoder)/', 'train'),
+  (r'/norm\d*/', 'freeze'),
+  (r'/neck_[13]/scale$', 'freeze'),
+  (r'/(pos_embed|rel_pos_[hw])$', 'freeze'),
+  (r'/bias$', 'train'),
+  (r'.*', 'select'),
+)
 
 # name: (embed dim, depth, heads, global attention blocks), from segment_anything.build_sam.
 VARIANTS = {

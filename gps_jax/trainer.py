@@ -23,9 +23,9 @@ from gps_jax import metrics as metrics_lib
 from gps_jax import progress
 from gps_jax import optim
 from gps_jax import sharding as shard_lib
+from gps_jax import tasks
 from gps_jax import tree as tree_lib
 from gps_jax import updates
-from gps_jax.losses import cross_entropy
 from gps_jax.mixup import mix_batch
 
 MODES = tuple(updates.MASKED_RULES)
@@ -62,6 +62,7 @@ class MaskedFinetuner:
     mode: str = 'sparse',
     mesh: Mesh | None = None,
     update: Any = None,
+    task: Any = None,
   ):
     # On a mesh, activations stay split by example (gps_jax.sharding.batch_sharded).
     self.apply_fn = shard_lib.batch_sharded(apply_fn, mesh)
@@ -70,6 +71,8 @@ class MaskedFinetuner:
     self.num_classes = num_classes
     train = config.train
     self.label_smoothing = train.label_smoothing
+    # What the outputs are trained and evaluated against (gps_jax.tasks); default: classes.
+    self.task = task if task is not None else tasks.Classification(num_classes, train.label_smoothing)
     # timm-style batch mixup / cutmix in the step (the FGVC recipe); 0 alphas: off.
     self.mix = dict(
       mixup_alpha=train.mixup,
@@ -78,6 +81,8 @@ class MaskedFinetuner:
       switch_prob=train.mix_switch_prob,
     )
     self.base_dtype = jnp.dtype(train.base_dtype)
+    if self.mixes and not isinstance(self.task, tasks.Classification):
+      raise ValueError('config.train.mixup / cutmix mix class labels: set them to 0 for this task')
     self.ema_decay = train.ema_decay
     if not 0.0 <= self.ema_decay < 1.0:
       raise ValueError(f'config.train.ema_decay={self.ema_decay}: use 0 (off) or a value in (0, 1)')
@@ -142,9 +147,7 @@ class MaskedFinetuner:
     self.compose_jit = jax.jit(
       self.compose, in_shardings=(frozen_sh, aux_sh, state_sh.trainable), out_shardings=params_sh
     )
-    self.eval_step = jax.jit(
-      self._eval_step, in_shardings=(params_sh, batch_sh), out_shardings=(repl, repl)
-    )
+    self.eval_step = jax.jit(self._eval_step, in_shardings=(params_sh, batch_sh), out_shardings=repl)
 
   def device_batch(self, batch: Mapping) -> Mapping:
     """This process's host batch as global arrays on the mesh (as is without one)."""
@@ -163,12 +166,10 @@ class MaskedFinetuner:
     forward = getattr(self.update, 'forward', None) or functools.partial(
       updates.plain_forward, self.update
     )
-    logits, _ = forward(
+    outputs = forward(
       self.apply_fn, frozen, aux, trainable, batch['image'], train=True, rngs={'dropout': rng}
     )
-    smoothing = 0.0 if batch['label'].ndim == 2 else self.label_smoothing
-    loss = cross_entropy(logits, batch['label'], self.num_classes, smoothing)
-    return loss.mean(), logits
+    return self.task.loss(outputs, batch)
 
   @property
   def mixes(self) -> bool:
@@ -188,11 +189,11 @@ class MaskedFinetuner:
 
   def _train_step(self, state: TrainState, frozen, aux, batch, rng):
     rng = jax.random.fold_in(rng, state.step)
-    hard_labels = batch['label']
     if self.mixes:
       rng, rng_mix = jax.random.split(rng)
-      batch = self._mix(batch, rng_mix)
-    (loss, logits), grads = jax.value_and_grad(self._loss, has_aux=True)(
+      # The training accuracy is against the un-mixed labels: a signal, not a benchmark.
+      batch = {**self._mix(batch, rng_mix), 'hard_label': batch['label']}
+    (loss, task_metrics), grads = jax.value_and_grad(self._loss, has_aux=True)(
       state.trainable, frozen, aux, batch, rng
     )
     trainable, opt_state = self.update.apply_gradients(
@@ -202,40 +203,42 @@ class MaskedFinetuner:
     if self.ema_decay:
       d = self.ema_decay
       ema = jax.tree.map(lambda e, p: (d * e + (1 - d) * p).astype(e.dtype), state.ema, trainable)
-    metrics = {
-      'loss': loss,
-      # Against the un-mixed labels: a training signal, not a benchmark number.
-      'accuracy': jnp.mean(logits.argmax(-1) == hard_labels),
-      'lr': self.lr_fn(state.step),
-    }
+    metrics = {'loss': loss, **task_metrics, 'lr': self.lr_fn(state.step)}
     return TrainState(state.step + 1, trainable, opt_state, ema), metrics
 
   def _eval_step(self, params, batch):
-    logits, _ = self.apply_fn({'params': tree_lib.unflat(params)}, batch['image'], train=False)
-    mask = batch.get('mask', jnp.ones(batch['label'].shape, bool))
-    correct = (logits.argmax(-1) == batch['label']) & mask
-    return correct.sum(), mask.sum()
+    outputs = self.apply_fn({'params': tree_lib.unflat(params)}, batch['image'], train=False)
+    return self.task.eval_sums(outputs, batch)
 
-  def evaluate(
+  def evaluate_all(
     self, frozen, aux, state: TrainState, batches: Iterable[Mapping], *, ema: bool = False
-  ) -> float:
-    """Top-1 accuracy over `batches` (with optional padding 'mask').
+  ) -> dict[str, float]:
+    """Every metric of the task over `batches` (their padding has 'mask' False): top-1
+    accuracy for classes; mean Dice and IoU over images for segmentation.
 
     `ema=True` evaluates the moving average of the trainable weights.
     """
     if ema and state.ema is None:
       raise ValueError('evaluate(ema=True) needs config.train.ema_decay > 0')
     params = self.compose_jit(frozen, aux, state.ema if ema else state.trainable)
-    correct = count = 0
+    sums: dict[str, list] = {}
     with progress.bar('evaluation' + (' (EMA)' if ema else '')) as shown:
       for batch in batches:
-        c, n = self.eval_step(params, self.device_batch(batch))
-        correct += int(c)
-        count += int(n)
-        shown.update(int(n))
-    if not count:
+        out = jax.device_get(self.eval_step(params, self.device_batch(batch)))
+        for name, (total, count) in out.items():
+          acc = sums.setdefault(name, [0.0, 0])
+          acc[0] += float(total)
+          acc[1] += int(count)
+        shown.update(int(next(iter(out.values()))[1]))
+    if not sums or not next(iter(sums.values()))[1]:
       raise ValueError('evaluation saw no example')
-    return correct / count
+    return {name: total / count for name, (total, count) in sums.items()}
+
+  def evaluate(
+    self, frozen, aux, state: TrainState, batches: Iterable[Mapping], *, ema: bool = False
+  ) -> float:
+    """The task's headline metric (`task.metric`: top-1 accuracy, or mDice) over `batches`."""
+    return self.evaluate_all(frozen, aux, state, batches, ema=ema)[self.task.metric]
 
 
 def fit(
@@ -313,8 +316,10 @@ def fit(
       now = time.perf_counter()
       speed = images_since / (now - t_log)
       log.write('train', step, **m, images_per_s=speed)
+      metric = tuner.task.metric
       metrics_lib.say(
-        f'  step {step:>6}/{num_steps}  loss {m["loss"]:.4f}  acc {m["accuracy"]:.3f}  '
+        f'  step {step:>6}/{num_steps}  loss {m["loss"]:.4f}  '
+        f'{"acc" if metric == "accuracy" else metric} {m[metric]:.3f}  '
         f'lr {m["lr"]:.2e}  {speed:,.0f} img/s'
       )
       t_log, images_since = now, 0

@@ -89,6 +89,7 @@ def _train(setup, mode, steps):
   return tuner, state, frozen, aux, losses
 
 
+@pytest.mark.slow
 def test_sparse_delta_trains_sam_as_the_dense_masked_update(setup):
   _, params, roles, indices, batch = setup
   sparse, s_state, s_frozen, s_aux, s_losses = _train(setup, 'sparse', 3)

@@ -1,10 +1,21 @@
 """tf.data input for the jitted steps, over any :class:`gps_jax.data.splits.Split`.
 
-Three iterators, all yielding numpy dicts:
+Four iterators, all yielding numpy dicts:
 
 * :func:`train_batches`: endless shuffled batches for fine-tuning;
+* :func:`one_pass_batches`: its first epoch, the selection pass of a task-loss score;
 * :func:`eval_batches`: one in-order pass with a padding 'mask';
 * :func:`two_view_batches`: one shuffled pass of SupCon view pairs for selection.
+
+'label' is an int32 class per example, or, for a segmentation split (one with
+``Split.decode_label``), a uint8 (label_size, label_size) mask of 0 / 1: the
+decoded mask resized nearest-neighbour (``tf.image.resize``, half-pixel
+centres) to the ``label_size`` the caller passes (config.model.image_size).
+That resize equals PIL's NEAREST (what :func:`gps_jax.data.kvasir.load_pair`
+uses) whenever the scale (file side / label_size) is a dyadic fraction, e.g.
+for every label_size that is a power of two; otherwise it may pick the next
+source row or column where a sample point falls exactly on a pixel boundary
+(PIL accumulates the inexact double scale and lands just below it).
 
 Determinism: every random choice is derived from the ``seed`` argument (epoch
 e is shuffled with a seed drawn from (seed, e); the augmentation of the example
@@ -38,6 +49,7 @@ image, drawn from the image's augmentation seed, so determinism and resuming hol
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable, Iterator, Sequence
 
@@ -145,6 +157,24 @@ def _scalar_seed(pair: tf.Tensor) -> tf.Tensor:
   return tf.random.stateless_uniform([], pair, minval=0, maxval=_MAX_SEED, dtype=tf.int64)
 
 
+def _check_label_size(split: Split, label_size: int) -> None:
+  if split.decode_label is not None and label_size < 1:
+    raise ValueError(
+      f'{split.name}: a segmentation split needs label_size (the mask side, '
+      f'config.model.image_size), got label_size={label_size}'
+    )
+
+
+def _label(split: Split, ex: dict, label_size: int) -> tf.Tensor:
+  """int32 class, or for a segmentation split the uint8 (label_size, label_size) mask."""
+  if split.decode_label is None:
+    return tf.cast(ex['label'], tf.int32)
+  _check_label_size(split, label_size)
+  mask = split.decode_label(ex['label'])[..., None]
+  mask = tf.image.resize(mask, [label_size, label_size], method='nearest')
+  return tf.reshape(tf.cast(mask, tf.uint8), [label_size, label_size])
+
+
 class _NamedErrors:
   """Wraps a numpy iterator: a TF decoding error is re-raised naming the bad file."""
 
@@ -175,6 +205,7 @@ def train_batches(
   process_count: int = 1,
   shuffle_buffer: int = 0,
   cache: bool = True,
+  label_size: int = 0,
 ) -> Iterator[Batch]:
   """Endless training batches {'image': (b, S, S, 3) f32, 'label': (b,) i32}, b = local batch.
 
@@ -182,10 +213,12 @@ def train_batches(
   0: a buffer as large as the split, a full permutation), cut to whole global
   batches, of which this process keeps its slice. ``start_step`` starts at that
   global step, as if the earlier batches had been drawn. ``cache`` keeps the
-  (undecoded) split in memory after the first epoch.
+  (undecoded) split in memory after the first epoch. For a segmentation split
+  'label' is (b, label_size, label_size) uint8 masks of 0 / 1 (label_size required).
   """
   local = local_batch_size(batch_size, process_count)
   _check_process(process_index, process_count)
+  _check_label_size(split, label_size)
   steps = steps_per_epoch(split.num_examples, batch_size, process_count)
   if steps == 0:
     raise ValueError(
@@ -211,11 +244,40 @@ def train_batches(
 
   def load(e, q, ex):
     image = image_fn(split.decode(ex['image']), _seed_pair(seed, 1, _GLOBAL, e, q))
-    return {'image': image, 'label': tf.cast(ex['label'], tf.int32)}
+    return {'image': image, 'label': _label(split, ex, label_size)}
 
   ds = tf.data.Dataset.counter(first_epoch).flat_map(epoch)
   ds = ds.map(load, num_parallel_calls=_AUTO).batch(local, drop_remainder=True)
   return _NamedErrors(ds.prefetch(_AUTO).as_numpy_iterator(), split)
+
+
+def one_pass_batches(
+  split: Split,
+  *,
+  batch_size: int,
+  image_fn: TrainImageFn,
+  seed: int,
+  label_size: int = 0,
+  process_index: int = 0,
+  process_count: int = 1,
+) -> Iterator[Batch]:
+  """One shuffled pass of training batches (the last incomplete global batch dropped).
+
+  The selection pass of a task-loss score: exactly the first
+  :func:`steps_per_epoch` batches of :func:`train_batches` with the same
+  arguments (same order, same augmentation seeds), without caching the split.
+  """
+  batches = train_batches(
+    split,
+    batch_size=batch_size,
+    image_fn=image_fn,
+    seed=seed,
+    process_index=process_index,
+    process_count=process_count,
+    cache=False,
+    label_size=label_size,
+  )
+  return itertools.islice(batches, steps_per_epoch(split.num_examples, batch_size, process_count))
 
 
 def num_eval_batches(num_examples: int, batch_size: int, process_count: int = 1) -> int:
@@ -232,25 +294,32 @@ def eval_batches(
   image_size: int,
   process_index: int = 0,
   process_count: int = 1,
+  label_size: int = 0,
 ) -> Iterator[Batch]:
   """One in-order pass, {'image', 'label', 'mask'}: this process's slice of each batch.
 
   The split is padded to :func:`num_eval_batches` global batches with zero
   images whose 'mask' is False; every real example appears exactly once over
-  all processes with 'mask' True.
+  all processes with 'mask' True. For a segmentation split 'label' is
+  (b, label_size, label_size) uint8 masks of 0 / 1, zeros for the padding.
   """
   local = local_batch_size(batch_size, process_count)
   _check_process(process_index, process_count)
+  _check_label_size(split, label_size)
   total = num_eval_batches(split.num_examples, batch_size, process_count) * batch_size
 
   def load(ex):
     image = image_fn(split.decode(ex['image']))
-    return {'image': image, 'label': tf.cast(ex['label'], tf.int32), 'mask': True}
+    return {'image': image, 'label': _label(split, ex, label_size), 'mask': True}
 
+  if split.decode_label is None:
+    pad_label = tf.constant(0, tf.int32)
+  else:
+    pad_label = tf.zeros([label_size, label_size], tf.uint8)
   pad = tf.data.Dataset.from_tensors(
     {
       'image': tf.zeros([image_size, image_size, 3], tf.float32),
-      'label': tf.constant(0, tf.int32),
+      'label': pad_label,
       'mask': False,
     }
   ).repeat()
@@ -288,6 +357,11 @@ def two_view_batches(
   as in the original).
   """
   check_interpolation(interpolation, key='data.select_interpolation')
+  if split.decode_label is not None:
+    raise ValueError(
+      f'two-view SupCon batches need class labels; a segmentation split ({split.name}) '
+      'selects with config.gps.score=task_loss'
+    )
   local = local_batch_size(batch_size, process_count)
   _check_process(process_index, process_count)
   steps = steps_per_epoch(split.num_examples, batch_size, process_count)

@@ -11,6 +11,9 @@ Split (`split_stems`): the stems are sorted, permuted with
 ``np.random.default_rng(seed)`` and cut 80 / 10 / 10 % into 'train', 'val',
 'test' (1,000 images: 800 / 100 / 100), so the split depends only on the set of
 stems and the seed, not on the order the files are listed in.
+`split_paths` gives a split's (image, mask) file paths, also for 'trainval'
+(train + val): what the tf.data source 'kvasir' of :mod:`gps_jax.data.splits`
+reads, after `check_sizes` has compared the file headers.
 
 How this differs from the original GPS code: the original trains on all of
 ``Kvasir-SEG/images`` and tests on a 196-image "sessile-main" subset that is part
@@ -26,6 +29,8 @@ backgrounds with one or two smooth blob "polyps"), for tests and offline demos.
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 
 import numpy as np
 from PIL import Image
@@ -83,23 +88,43 @@ def list_pairs(root: str) -> list[str]:
   return _pairs(*_indexes(root), root)
 
 
-def _open(path: str, mode: str) -> Image.Image:
+def _open(path: str, mode: str | None) -> Image.Image:
+  """The decoded image converted to `mode`; with mode None only its header is read."""
   try:
     with Image.open(path) as im:
+      if mode is None:
+        return im
       im.load()
       return im.convert(mode)
   except (OSError, SyntaxError, ValueError) as e:  # PIL's decoders raise all three
     raise UserError(f'{path}: cannot read image file: {e}') from e
 
 
+def _check_size(image_path: str, mask_path: str, image_size, mask_size) -> None:
+  if image_size != mask_size:
+    raise UserError(
+      f'{mask_path}: mask is {mask_size[0]}x{mask_size[1]} but its image {image_path} '
+      f'is {image_size[0]}x{image_size[1]}'
+    )
+
+
+def check_sizes(image_paths: list[str], mask_paths: list[str]) -> None:
+  """Raises UserError naming the first mask whose size differs from its image's.
+
+  Reads the file headers only (no decoding); a file PIL cannot open is a
+  UserError naming it too.
+  """
+  if len(image_paths) != len(mask_paths):
+    raise ValueError(f'{len(image_paths)} image paths but {len(mask_paths)} mask paths')
+  for image_path, mask_path in zip(image_paths, mask_paths):
+    size = _open(image_path, None).size
+    _check_size(image_path, mask_path, size, _open(mask_path, None).size)
+
+
 def _load_paths(image_path: str, mask_path: str, size: int) -> tuple[np.ndarray, np.ndarray]:
   image = _open(image_path, 'RGB')
   grey = _open(mask_path, 'L')
-  if image.size != grey.size:
-    raise UserError(
-      f'{mask_path}: mask is {grey.size[0]}x{grey.size[1]} but its image {image_path} '
-      f'is {image.size[0]}x{image.size[1]}'
-    )
+  _check_size(image_path, mask_path, image.size, grey.size)
   binary = Image.fromarray(np.where(np.asarray(grey) >= MASK_THRESHOLD, 255, 0).astype(np.uint8))
   image = image.resize((size, size), Image.BILINEAR)
   binary = binary.resize((size, size), Image.NEAREST)
@@ -148,16 +173,36 @@ def split_stems(
   return {name: sorted(part) for name, part in zip(SPLITS, parts)}
 
 
+def _split_files(
+  root: str, split: str, seed: int, allowed: tuple[str, ...]
+) -> tuple[dict[str, str], dict[str, str], list[str]]:
+  """({stem: image path}, {stem: mask path}, sorted stems of `split`); 'trainval' = train + val."""
+  if split not in allowed:
+    raise UserError(f'unknown Kvasir-SEG split {split!r}; expected one of {", ".join(allowed)}')
+  images, masks = _indexes(root)
+  parts = split_stems(_pairs(images, masks, root), seed)
+  stems = sorted(parts['train'] + parts['val']) if split == 'trainval' else parts[split]
+  if not stems:
+    raise UserError(f'{root}: split {split!r} is empty ({len(images)} image/mask pairs)')
+  return images, masks, stems
+
+
+def split_paths(root: str, split: str, seed: int = 0) -> tuple[list[str], list[str]]:
+  """(image paths, mask paths) of `split`, in sorted stem order.
+
+  ``split`` is one of SPLITS or 'trainval' (the train and val stems together,
+  sorted); the stems are those of ``split_stems(list_pairs(root), seed)``. An
+  empty split is a UserError.
+  """
+  images, masks, stems = _split_files(root, split, seed, (*SPLITS, 'trainval'))
+  return [images[s] for s in stems], [masks[s] for s in stems]
+
+
 def load_split(
   root: str, split: str, size: int, seed: int = 0
 ) -> tuple[np.ndarray, np.ndarray, list[str]]:
   """(images [N, size, size, 3] float32, masks [N, size, size] bool, stems) of one split."""
-  if split not in SPLITS:
-    raise UserError(f'unknown Kvasir-SEG split {split!r}; expected one of {", ".join(SPLITS)}')
-  images, masks = _indexes(root)
-  stems = split_stems(_pairs(images, masks, root), seed)[split]
-  if not stems:
-    raise UserError(f'{root}: split {split!r} is empty ({len(images)} image/mask pairs)')
+  images, masks, stems = _split_files(root, split, seed, SPLITS)
   xs = np.empty((len(stems), size, size, 3), np.float32)
   ys = np.empty((len(stems), size, size), bool)
   for i, stem in enumerate(stems):
@@ -269,3 +314,22 @@ def write_synthetic(
     _save_jpeg(os.path.join(root, 'images', f'{stem}.jpg'), image, 90)
     _save_jpeg(os.path.join(root, 'masks', f'{stem}.jpg'), mask.astype(np.uint8) * 255, 95)
   return stems
+
+
+def ensure_synthetic(root: str, n: int, seed: int) -> None:
+  """`write_synthetic(root, n, seed)` unless `root` holds an ``images`` folder already; written
+  into a temporary folder renamed into place, so a concurrent or killed writer (another
+  process of the run) never leaves a half-written set behind."""
+  if os.path.isdir(os.path.join(root, 'images')):
+    return
+  parent = os.path.dirname(os.path.abspath(root))
+  os.makedirs(parent, exist_ok=True)
+  tmp = tempfile.mkdtemp(prefix=os.path.basename(root) + '.tmp-', dir=parent)
+  try:
+    write_synthetic(tmp, n, seed)
+    os.rename(tmp, root)
+  except OSError:
+    if not os.path.isdir(os.path.join(root, 'images')):  # not a race another writer won
+      raise
+  finally:
+    shutil.rmtree(tmp, ignore_errors=True)

@@ -11,16 +11,22 @@
   FGVC builders and CIFAR-100 full) with train / val / trainval / test roles.
 * ``'vtab_folder'``: a VTAB-1k folder in the GPS/SSF layout (``*.txt``).
 * ``'vpt_folder'``: an FGVC folder in the VPT layout (``*.json``).
+* ``'kvasir'``: a Kvasir-SEG folder (``images/``, ``masks/``) with the fixed
+  seeded 80/10/10 split of :mod:`gps_jax.data.kvasir`; labels are masks.
 
-The examples of a split are ``{'image': ..., 'label': int64}`` where 'image'
+The examples of a split are ``{'image': ..., 'label': ...}`` where 'image'
 is whatever is cheapest to hold (encoded bytes for TFDS, a file path for the
 folders, a uint8 array for memory); ``Split.decode`` turns it into a uint8
 ``(H, W, 3)`` RGB image inside the pipeline, after caching and shuffling, so a
-cached split holds compressed images only.
+cached split holds compressed images only. 'label' is an int64 class, except
+for the segmentation sources of :data:`TASKS` (see :func:`task_of`): there it
+is what ``Split.decode_label`` decodes into a uint8 ``(H, W)`` mask of 0 / 1
+(for 'kvasir': the mask file's path), also inside the pipeline.
 
 Split roles: ``train``, ``val``, ``trainval`` and ``test`` for every source.
 For VTAB-1k ``train`` is train800, ``val`` val200, ``trainval`` train800val200
-(the names ``train800``... are accepted too).
+(the names ``train800``... are accepted too). For Kvasir-SEG ``trainval`` is
+the train and val images together.
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ import numpy as np
 import tensorflow as tf
 
 from gps_jax.data import folders
+from gps_jax.data import kvasir
 from gps_jax.data import sources
 from gps_jax.data import vtab
 from gps_jax.data.augment import hide_gpus_from_tf
@@ -43,7 +50,9 @@ from gps_jax.errors import UserError
 hide_gpus_from_tf()
 log = logging.getLogger(__name__)
 
-SOURCES = ('memory', 'vtab', 'tfds', 'vtab_folder', 'vpt_folder')
+SOURCES = ('memory', 'vtab', 'tfds', 'vtab_folder', 'vpt_folder', 'kvasir')
+# The sources whose labels are not classes; every other source is 'classification'.
+TASKS = {'kvasir': 'segmentation'}
 ROLES = ('train', 'val', 'trainval', 'test')
 _VTAB_ROLES = {'train800': 'train', 'val200': 'val', 'train800val200': 'trainval'}
 
@@ -54,7 +63,9 @@ class Split:
 
   ``decode(example['image'])`` gives uint8 (H, W, 3); ``find_bad_example()``,
   called after a decoding error, returns an exception naming the bad file (or
-  None when it cannot tell).
+  None when it cannot tell). ``decode_label`` None: example['label'] is an
+  integer class; otherwise ``decode_label(example['label'])`` gives the uint8
+  (H, W) segmentation mask of 0 / 1, the size of the decoded image.
   """
 
   name: str
@@ -63,6 +74,7 @@ class Split:
   num_classes: int
   decode: Callable[[tf.Tensor], tf.Tensor]
   find_bad_example: Callable[[], Exception | None] = lambda: None
+  decode_label: Callable[[tf.Tensor], tf.Tensor] | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,11 +127,21 @@ def role_name(source: str, role: str) -> str:
   return canonical
 
 
+def task_of(data: ml_collections.ConfigDict) -> str:
+  """'segmentation' or 'classification': what the labels of config.data's source are."""
+  return TASKS.get(data.source, 'classification')
+
+
 def num_classes(data: ml_collections.ConfigDict) -> int:
-  """The class count of the configured data set (config.data.num_classes wins if > 0)."""
+  """The class count of the configured data set (config.data.num_classes wins if > 0).
+
+  0 for 'kvasir': its labels are binary masks, not classes.
+  """
   if data.num_classes:
     return int(data.num_classes)
   source = data.source
+  if source == 'kvasir':
+    return 0
   if source == 'memory':
     return sources.num_classes(data.name)
   if source in ('vtab', 'vtab_folder'):
@@ -147,6 +169,8 @@ def open_split(data: ml_collections.ConfigDict, role: str) -> Split:
     split = _vtab_split(data, role, n_cls)
   elif source == 'tfds':
     split = _tfds_split(data, role, n_cls)
+  elif source == 'kvasir':
+    split = _kvasir_split(data, role, n_cls)
   else:
     split = _folder_split(data, source, role, n_cls)
   return split
@@ -363,3 +387,67 @@ def _folder_split(data, source: str, role: str, n_cls: int) -> Split:
     paths, labels = folders.read_vpt_folder(root, role, data.image_dir or None)
   name = f'{os.path.basename(os.path.normpath(root))}:{role}'
   return folder_split(name, paths, labels, n_cls)
+
+
+# ----------------------------------------------------------------------------- Kvasir-SEG
+
+
+def _pil_grey(rgb: tf.Tensor) -> tf.Tensor:
+  """PIL's ``convert('L')`` of uint8 RGB, int32: (19595 R + 38470 G + 7471 B + 2^15) >> 16."""
+  x = tf.cast(rgb, tf.int32)
+  return (x[..., 0] * 19595 + x[..., 1] * 38470 + x[..., 2] * 7471 + 32768) // 65536
+
+
+def decode_kvasir_mask(path: tf.Tensor) -> tf.Tensor:
+  """uint8 (H, W) of 0 / 1: the mask file at `path`, grey >= kvasir.MASK_THRESHOLD.
+
+  Decodes as :func:`gps_jax.data.kvasir.load_pair` does (PIL), bit for bit:
+  JPEG with the accurate integer DCT (TF's default, the fast DCT, moves grey
+  values by up to about 15 levels, so edge pixels near the threshold could
+  flip), then RGB to grey with PIL's weights (decoding a colour JPEG to one
+  channel would take libjpeg's luma instead, which rounds differently).
+  """
+  data = tf.io.read_file(path)
+  rgb = tf.cond(
+    tf.io.is_jpeg(data),
+    lambda: tf.io.decode_jpeg(data, channels=3, dct_method='INTEGER_ACCURATE'),
+    lambda: tf.io.decode_image(data, channels=3, expand_animations=False),
+  )
+  rgb.set_shape([None, None, 3])
+  return tf.cast(_pil_grey(rgb) >= kvasir.MASK_THRESHOLD, tf.uint8)
+
+
+def _kvasir_split(data, role: str, n_cls: int) -> Split:
+  root = data.data_dir
+  if not root:
+    raise UserError(
+      'config.data.data_dir must name the Kvasir-SEG folder (images/ and masks/) for source '
+      '"kvasir"'
+    )
+  if data.get('synthetic_images', 0):  # the offline set (configs/polyp.py:synthetic)
+    kvasir.ensure_synthetic(root, int(data.synthetic_images), int(data.split_seed))
+  image_paths, mask_paths = kvasir.split_paths(root, role, seed=data.split_seed)
+  kvasir.check_sizes(image_paths, mask_paths)
+  ds = tf.data.Dataset.from_tensor_slices(
+    {'image': tf.constant(image_paths, tf.string), 'label': tf.constant(mask_paths, tf.string)}
+  )
+  decode = _decode_bytes()
+
+  def find_bad_example():
+    for pair in zip(image_paths, mask_paths):
+      for path in pair:
+        error = folders.image_error(path)
+        if error is not None:
+          return error
+    return None
+
+  name = f'{os.path.basename(os.path.normpath(root))}:{role}'
+  return Split(
+    name,
+    ds,
+    len(image_paths),
+    n_cls,
+    lambda p: decode(tf.io.read_file(p)),
+    find_bad_example,
+    decode_kvasir_mask,
+  )

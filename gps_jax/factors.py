@@ -41,9 +41,12 @@ LORA_TARGETS = {
   'vit': (r'(^|/)(query|value)/kernel$',),
   'swin': (r'(^|/)attn/qkv/kernel$',),
   'convnext': (r'(^|/)mlp/fc[12]/kernel$',),
+  'sam': (r'^image_encoder/blocks_\d+/attn/qkv/kernel$',),
 }
-# SSF after every linear, conv and norm of the backbone (config.ssf.targets = ()).
+# SSF after every linear, conv and norm of the backbone (config.ssf.targets = ()); for SAM
+# those of the image encoder (its mask decoder trains in full).
 SSF_TARGETS = (r'.*',)
+SSF_FAMILY_TARGETS = {'sam': (r'^image_encoder/',)}
 _FUSED_QKV = re.compile(r'(^|/)qkv/kernel$')
 
 
@@ -157,10 +160,14 @@ def _lora_merge(spec: Mapping, params: dict, factors: Mapping) -> dict:
 # ----------------------------------------------------------------------------- SSF
 
 
-def ssf_spec(shapes: Mapping[str, tuple], roles: Mapping[str, str], *, targets: Iterable[str]) -> dict:
+def ssf_spec(
+  shapes: Mapping[str, tuple], roles: Mapping[str, str], *, targets: Iterable[str], family: str = ''
+) -> dict:
   """The SSF spec: {module: weight leaf name} of every backbone module with a bias and a
-  kernel (linear, conv) or a scale (norm) whose path a target regex matches."""
-  compiled = _compile(tuple(targets) or SSF_TARGETS, 'config.ssf.targets')
+  kernel (linear, conv) or a scale (norm) whose path a target regex matches (empty: the
+  family's SSF_FAMILY_TARGETS, else SSF_TARGETS)."""
+  default = SSF_FAMILY_TARGETS.get(family, SSF_TARGETS)
+  compiled = _compile(tuple(targets) or default, 'config.ssf.targets')
   modules = {}
   for path, shape in shapes.items():
     if not path.endswith('/bias') or tree_lib.is_head(path):

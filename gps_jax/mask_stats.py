@@ -19,11 +19,14 @@ from gps_jax import roles as roles_lib
 from gps_jax import tree as tree_lib
 from gps_jax.tree import HEAD_REGEX
 
-_BLOCK = re.compile(r'(?:^|/)((?:encoderblock|block|layers|stages?)_?\d+)(?:/|$)')
+_BLOCK = re.compile(r'(?:^|/)((?:encoderblock|blocks?|layers|stages?)_?\d+)(?:/|$)')
 
 
 def block_of(path: str) -> str:
-  """Block name of a leaf path: 'encoderblock_3', 'embedding', 'head', ..."""
+  """Block name of a leaf path: 'encoderblock_3', 'embedding', 'head', ...; a decoder
+  (SAM's mask decoder) is one block."""
+  if re.match(r'[^/]*decoder/', path):
+    return path.split('/', 1)[0]
   m = _BLOCK.search(path)
   if m:
     return m.group(1)

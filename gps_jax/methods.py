@@ -100,14 +100,28 @@ def get(name: str) -> Method:
   return METHODS[name]
 
 
+def _family(config: ml_collections.ConfigDict):
+  from gps_jax.models.registry import family_of  # the registry imports the models
+
+  return family_of(config.model)
+
+
 def rules(config: ml_collections.ConfigDict) -> Rules:
-  """The role rules of a run: ``config.rules`` if given, else those of ``config.method``."""
+  """The role rules of a run: ``config.rules`` if given, else the model family's rules for
+  ``config.method`` (`gps_jax.models.registry.Family.rules`), else the method's own."""
   method = get(config.method)
   if config.rules:
     return tuple(tuple(r) for r in config.rules)
-  return method.rules
+  family = _family(config)
+  if family.rules and config.method not in family.rules:
+    raise ValueError(
+      f'config.method={config.method!r} is not defined for model family {family.name!r}; '
+      f'use one of {", ".join(family.rules)}'
+    )
+  return tuple(family.rules.get(config.method, method.rules))
 
 
 def score_source(config: ml_collections.ConfigDict) -> Optional[str]:
-  """What ranks the `select` entries: ``config.gps.score`` if given, else the method's."""
-  return config.gps.score or get(config.method).score
+  """What ranks the `select` entries: ``config.gps.score`` if given, else the family's source
+  for the method (SAM: the task loss for gps), else the method's own."""
+  return config.gps.score or _family(config).scores.get(config.method) or get(config.method).score

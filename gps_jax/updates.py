@@ -213,7 +213,10 @@ def _lora(roles, indices, config, seed):
 def _ssf(roles, indices, config, seed):
   del indices
   shapes, role_of = _flat_roles(roles)
-  return Factored(roles, factors_lib.ssf_spec(shapes, role_of, targets=config.ssf.targets), seed, name='ssf')
+  spec = factors_lib.ssf_spec(
+    shapes, role_of, targets=config.ssf.targets, family=config.model.name
+  )
+  return Factored(roles, spec, seed, name='ssf')
 
 
 # The masked rules, by name: `config.train.update_mode` of the selecting methods.

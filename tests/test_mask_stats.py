@@ -147,3 +147,8 @@ def test_block_of():
   assert mask_stats.block_of('embedding/kernel') == 'embedding'
   assert mask_stats.block_of('head/bias') == 'head'
   assert mask_stats.block_of('cls') == 'cls'
+  # SAM: the encoder's blocks, the rest of the encoder, and the whole decoder as one.
+  assert mask_stats.block_of('image_encoder/blocks_11/attn/qkv/kernel') == 'blocks_11'
+  assert mask_stats.block_of('image_encoder/neck_0/kernel') == 'image_encoder'
+  assert mask_stats.block_of('mask_decoder/transformer/layers_1/mlp/lin1/kernel') == 'mask_decoder'
+  assert mask_stats.block_of('layers_0/blocks_1/attn/qkv/kernel') == 'layers_0'  # Swin

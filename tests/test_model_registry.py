@@ -25,6 +25,8 @@ from gps_jax.models import (
   swin_config,
   vit_config,
 )
+from gps_jax.models.sam import SAM, sam_config
+from gps_jax.models.sam import VARIANTS as SAM_VARIANTS
 from gps_jax.tree import flat
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -52,7 +54,17 @@ SMALL = {
     convnext_config,
     CONVNEXT_VARIANTS,
   ),
-}
+  'sam': (
+    'vit_b',
+    dict(patch_size=8, embed_dim=16, depth=2, num_heads=2, global_blocks=(1,), window=2,
+         prompt_dim=16, decoder_heads=2, decoder_mlp_dim=32, iou_head_hidden=8),
+    SAM,
+    sam_config,
+    SAM_VARIANTS,
+  ),
+}  # fmt: skip
+# The families whose model ends in a classifier head (SAM's output is a mask).
+CLASSIFIERS = [n for n in SMALL if registry.family(n).task == 'classification']
 
 
 def _small(name, num_classes=3):
@@ -64,7 +76,7 @@ def _small(name, num_classes=3):
 
 
 def test_the_table_names_every_family_once():
-  assert list(registry.FAMILIES) == ['vit', 'swin', 'convnext']
+  assert list(registry.FAMILIES) == ['vit', 'swin', 'convnext', 'sam']
   for name, fam in registry.FAMILIES.items():
     _, _, module, config_fn, variants = SMALL[name]
     assert fam.name == name and fam.config is config_fn and fam.variants is variants
@@ -74,7 +86,7 @@ def test_the_table_names_every_family_once():
 
 @pytest.mark.parametrize('bad', ['foo', 'VIT', ''])
 def test_unknown_name_is_one_error_listing_the_known_ones(bad):
-  message = f'config.model.name={bad!r}: use one of vit, swin, convnext'
+  message = f'config.model.name={bad!r}: use one of vit, swin, convnext, sam'
   with pytest.raises(ValueError, match=re.escape(message)):
     registry.family(bad)
   with pytest.raises(ValueError, match=re.escape(message)):
@@ -110,7 +122,7 @@ def test_every_family_builds_and_round_trips_its_config(name):
     assert fam.config(variant, num_classes=0, image_size=224).name == name
 
 
-@pytest.mark.parametrize('name', list(SMALL))
+@pytest.mark.parametrize('name', CLASSIFIERS)
 def test_every_family_inits_its_head_at_zeros(name):
   """fit_params hands a dropped head the model's own init; for every family that is zeros,
   what the Swin and ConvNeXt converters used to write explicitly."""
@@ -159,7 +171,7 @@ def test_no_branch_on_family_names_left():
   """The registry is the one place that knows the families: no comparison with a family
   name anywhere else in the package or the tools."""
   pattern = re.compile(
-    r"""(==|!=)\s*['"](vit|swin|convnext)['"]|['"](vit|swin|convnext)['"]\s*(==|!=)"""
+    r"""(==|!=)\s*['"](vit|swin|convnext|sam)['"]|['"](vit|swin|convnext|sam)['"]\s*(==|!=)"""
   )
   hits = [
     f'{path.relative_to(ROOT)}:{i}'

@@ -18,6 +18,11 @@ import ml_collections
 from gps_jax.models.convnext import CONVNEXT_VARIANTS, build_convnext, convnext_config
 from gps_jax.models.convnext_timm import CONVNEXT_TIMM
 from gps_jax.models.fitting import Layout
+from gps_jax.models.sam import METHOD_RULES as SAM_METHOD_RULES
+from gps_jax.models.sam import METHOD_SCORES as SAM_METHOD_SCORES
+from gps_jax.models.sam import VARIANTS as SAM_VARIANTS
+from gps_jax.models.sam import build_sam, sam_config
+from gps_jax.models.sam_torch import SAM_LAYOUT
 from gps_jax.models.swin import SWIN_VARIANTS, build_swin, swin_config
 from gps_jax.models.swin_timm import SWIN_TIMM
 from gps_jax.models.vit import VIT_VARIANTS, build_vit, vit_config
@@ -30,8 +35,12 @@ class Family:
 
   ``config(variant, num_classes=, image_size=, **overrides)`` makes a model config,
   ``build(model_config)`` the Flax module, ``variants`` maps a variant name to its
-  architecture fields, and ``timm`` is the :class:`~gps_jax.models.fitting.Layout` of a
-  timm state dict (names, array transform, resize hooks).
+  architecture fields, and ``timm`` is the :class:`~gps_jax.models.fitting.Layout` of its
+  PyTorch state dicts (timm's; the official checkpoints for SAM): names, array transform,
+  resize hooks. ``task`` is what the model's output is ('classification': logits per
+  class; 'segmentation': mask logits, `gps_jax.tasks`); ``rules`` and ``scores`` give, by
+  method name, the role rules and score source a method uses on this family instead of
+  its own (SAM has no classifier head: its mask decoder takes that part).
   """
 
   name: str
@@ -39,6 +48,9 @@ class Family:
   build: Callable[[Any], nn.Module]
   variants: Mapping[str, Mapping[str, Any]]
   timm: Layout
+  task: str = 'classification'
+  rules: Mapping[str, tuple] = dataclasses.field(default_factory=dict)
+  scores: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
   @property
   def npz(self) -> Layout:
@@ -53,6 +65,10 @@ FAMILIES: dict[str, Family] = {
     Family('vit', vit_config, build_vit, VIT_VARIANTS, VIT_TIMM),
     Family('swin', swin_config, build_swin, SWIN_VARIANTS, SWIN_TIMM),
     Family('convnext', convnext_config, build_convnext, CONVNEXT_VARIANTS, CONVNEXT_TIMM),
+    Family(
+      'sam', sam_config, build_sam, SAM_VARIANTS, SAM_LAYOUT, task='segmentation',
+      rules=SAM_METHOD_RULES, scores=SAM_METHOD_SCORES,
+    ),  # fmt: skip
   )
 }
 

@@ -45,10 +45,12 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from gps_jax.models.layers import layer_norm
+from gps_jax.models.layers import IMAGENET_MEAN, IMAGENET_STD, adapter, check_added_fields, layer_norm
+from gps_jax.models.model_config import module_fields, named_config
 from gps_jax.models.sam_decoder import MaskDecoder, MLPBlock, PromptEncoder
 
 EPS = 1e-6  # SAM's encoder LayerNorms and LayerNorm2d
+_NO_VPT = 'SAM (its windowed attention over the token grid has no place for prompt tokens)'
 
 # The GPS roles of the original's SAM experiment (FightingFighting/GPS,
 # SAM/utils_/pruning.py and train.py, --tuning-mode gps), as config rules: in the image
@@ -68,6 +70,32 @@ GPS_ROLE_RULES = (
   (r'/bias$', 'train'),
   (r'.*', 'select'),
 )
+
+# The other methods on SAM, as rules by method name (`gps_jax.methods.rules` takes them over
+# the method's own): the mask decoder and the prompt encoder's no-mask embedding play the part
+# of a classifier's head and train with every method, as in the original's runs; the random
+# matrix of the positional encoding (a PyTorch buffer) never trains. `linear` is thus the
+# decoder alone; `lora` / `ssf` add their factors to the frozen image encoder; `adapter`
+# trains the adapters added to its blocks.
+_PE = r'/positional_encoding_gaussian_matrix$'
+_DECODER = r'^(prompt_encoder|mask_decoder)/'
+DECODER_RULES = ((_PE, 'freeze'), (_DECODER, 'train'), (r'.*', 'freeze'))
+METHOD_RULES = {
+  'gps': GPS_ROLE_RULES,
+  'random': GPS_ROLE_RULES,
+  'magnitude': GPS_ROLE_RULES,
+  'full': ((_PE, 'freeze'), (r'.*', 'train')),
+  'linear': DECODER_RULES,
+  'bitfit': ((_PE, 'freeze'), (_DECODER, 'train'), (r'/norm\d*/', 'freeze'),
+             (r'/neck_[13]/', 'freeze'), (r'/bias$', 'train'), (r'.*', 'freeze')),
+  'lora': DECODER_RULES,
+  'ssf': DECODER_RULES,
+  'adapter': ((_PE, 'freeze'), (_DECODER, 'train'), (r'/adapter_(attn|mlp)/', 'train'),
+              (r'.*', 'freeze')),
+}  # fmt: skip
+# GPS ranks SAM's entries by the task's own loss (BCE + IoU through the mask decoder), as the
+# original does: SupCon needs image-level classes, which a segmentation set has not.
+METHOD_SCORES = {'gps': 'task_loss'}
 
 # name: (embed dim, depth, heads, global attention blocks), from segment_anything.build_sam.
 VARIANTS = {
@@ -140,6 +168,7 @@ class Block(nn.Module):
   mlp_dim: int
   window: int  # 0: global attention over the whole grid
   grid: tuple[int, int]
+  adapter_dim: int = 0  # > 0: an Adapter on each residual branch (the `adapter` method)
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -153,10 +182,9 @@ class Block(nn.Module):
       y = window_unpartition(attn(windows), self.window, padded, (h, w))
     else:
       y = attn(y)
-    x = x + y
-    return x + MLPBlock(self.mlp_dim, dtype=self.dtype, name='mlp')(
-      layer_norm('norm2', EPS, self.dtype)(x)
-    )
+    x = x + adapter(y, self.adapter_dim, 'adapter_attn', self.dtype)
+    y = MLPBlock(self.mlp_dim, dtype=self.dtype, name='mlp')(layer_norm('norm2', EPS, self.dtype)(x))
+    return x + adapter(y, self.adapter_dim, 'adapter_mlp', self.dtype)
 
 
 class ImageEncoder(nn.Module):
@@ -171,6 +199,7 @@ class ImageEncoder(nn.Module):
   window: int = 14
   global_blocks: Sequence[int] = (2, 5, 8, 11)
   out_chans: int = 256
+  adapter_dim: int = 0
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -186,6 +215,7 @@ class ImageEncoder(nn.Module):
         int(self.embed_dim * self.mlp_ratio),
         0 if i in tuple(self.global_blocks) else self.window,
         grid,
+        adapter_dim=self.adapter_dim,
         dtype=self.dtype,
         name=f'blocks_{i}',
       )(x)
@@ -237,9 +267,15 @@ class SAM(nn.Module):
   decoder_mlp_dim: int = 2048
   iou_head_hidden: int = 256
   num_multimask_outputs: int = 3
+  adapter_dim: int = 0  # bottleneck adapters in the image encoder's blocks; 0 = none
+  vpt_tokens: int = 0  # refused: no prompt tokens in windowed attention over a grid
+  remat: str = ''  # refused: not implemented for SAM
   dtype: Any = jnp.float32
 
   def setup(self):
+    check_added_fields('SAM', self.adapter_dim, self.vpt_tokens, no_vpt=_NO_VPT)
+    if self.remat:
+      raise ValueError(f'SAM: remat={self.remat!r}, but rematerialisation is not implemented for SAM')
     self.image_encoder = ImageEncoder(
       image_size=self.image_size,
       patch_size=self.patch_size,
@@ -250,6 +286,7 @@ class SAM(nn.Module):
       window=self.window,
       global_blocks=tuple(self.global_blocks),
       out_chans=self.prompt_dim,
+      adapter_dim=self.adapter_dim,
       dtype=self.dtype,
     )
     self.prompt_encoder = PromptEncoder(self.prompt_dim, dtype=self.dtype)
@@ -272,3 +309,45 @@ class SAM(nn.Module):
     dense, image_pe = self.prompt_encoder(emb.shape[0], emb.shape[1:3])
     masks, iou = self.mask_decoder(emb, image_pe, dense)
     return masks[..., 0], iou[:, 0]  # multimask_output=False: the first mask token
+
+
+_SAM_FIELDS = (
+  'image_size', 'patch_size', 'embed_dim', 'depth', 'num_heads', 'global_blocks', 'window',
+  'mlp_ratio', 'prompt_dim', 'decoder_depth', 'decoder_heads', 'decoder_mlp_dim',
+  'iou_head_hidden', 'num_multimask_outputs', 'adapter_dim', 'vpt_tokens', 'remat', 'dtype',
+)  # fmt: skip
+
+
+def _variant_fields(variant: str) -> dict:
+  if not variant:  # no named size: the config's own fields give the architecture
+    return dict(embed_dim=None, depth=None, num_heads=None, global_blocks=None)
+  if variant not in VARIANTS:
+    raise ValueError(f'unknown SAM variant {variant!r}; use one of {", ".join(VARIANTS)}')
+  dim, depth, heads, global_blocks = VARIANTS[variant]
+  return dict(embed_dim=dim, depth=depth, num_heads=heads, global_blocks=global_blocks)
+
+
+def sam_config(variant: str, *, num_classes: int = 0, image_size: int = 1024, **overrides):
+  """The model config of a SAM variant ('vit_b', 'vit_l', 'vit_h'): name='sam', variant, every
+  SAM field, and ImageNet's mean / std (SAM's ``pixel_mean`` / ``pixel_std``, which the
+  original GPS polyp runs apply in their data wrappers). ``num_classes`` is kept for the
+  common interface and unused (one binary mask). ``overrides`` replace any field."""
+  defaults = dict(
+    patch_size=16, window=14, mlp_ratio=4.0, prompt_dim=256, decoder_depth=2, decoder_heads=8,
+    decoder_mlp_dim=2048, iou_head_hidden=256, num_multimask_outputs=3, adapter_dim=0,
+    vpt_tokens=0, remat='', dtype='float32', mean=IMAGENET_MEAN, std=IMAGENET_STD,
+  )  # fmt: skip
+  return named_config(
+    'sam', variant, _variant_fields, defaults, overrides, label='SAM', num_classes=num_classes,
+    image_size=image_size,
+  )  # fmt: skip
+
+
+def build_sam(model_config) -> SAM:
+  """A SAM from a model config (ConfigDict or mapping); fields not of SAM are ignored."""
+  fields = module_fields(
+    model_config, 'sam', _SAM_FIELDS, ('embed_dim', 'depth', 'num_heads', 'global_blocks'),
+    _variant_fields,
+    label='SAM', int_tuples=('global_blocks',),
+  )  # fmt: skip
+  return SAM(**fields)

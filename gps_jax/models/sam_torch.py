@@ -22,7 +22,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from gps_jax import tree as tree_lib
 from gps_jax.errors import UserError
+from gps_jax.models.fitting import Layout
 
 # Parts of the official state dict the no-prompt path never uses.
 UNUSED = re.compile(r'^prompt_encoder\.(point_embeddings|not_a_point_embed|mask_downscaling)\.')
@@ -30,6 +32,8 @@ UNUSED = re.compile(r'^prompt_encoder\.(point_embeddings|not_a_point_embed|mask_
 _LISTS = re.compile(
   r'\b(blocks|layers|neck|output_upscaling|output_hypernetworks_mlps)\.(\d+)\.'
 )
+# The same lists in Flax paths: `blocks_3` -> `blocks.3`.
+_FLAX_LISTS = re.compile(r'\b(blocks|layers|neck|output_upscaling|output_hypernetworks_mlps)_(\d+)\b')
 _NORMS = re.compile(r'(^|/)(norm\d*|norm_final_attn|neck_[13]|output_upscaling_1)$')
 # Parameters stored as they are (no '/weight' leaf name in the Flax tree).
 _PLAIN = {
@@ -98,8 +102,6 @@ def resize_pos_embed(pos: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
 
 def expected_shapes(model) -> dict[str, tuple]:
   """The flat parameter shapes of `model` (abstract: no weights are made)."""
-  from gps_jax import tree as tree_lib
-
   size = model.image_size
   shapes = jax.eval_shape(
     lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, size, size, 3), jnp.float32))
@@ -107,52 +109,72 @@ def expected_shapes(model) -> dict[str, tuple]:
   return {p: tuple(v.shape) for p, v in tree_lib.flat(shapes['params']).items()}
 
 
+def torch_key(path: str) -> str:
+  """The official state-dict key of a Flax parameter path (the inverse of `flax_path`)."""
+  plain = {v: k for k, v in _PLAIN.items()}
+  if path in plain:
+    return plain[path]
+  module, _, leaf = path.rpartition('/')
+  module = _FLAX_LISTS.sub(r'\1.\2', module).replace('/', '.')
+  return f'{module}.{"weight" if leaf in ("kernel", "scale") else leaf}'
+
+
+def _torch_shape(path: str, shape: tuple) -> tuple:
+  """The shape the official file gives the Flax leaf `path` of `shape` (`_convert` undone)."""
+  if not path.endswith('/kernel'):
+    return tuple(shape)
+  if len(shape) == 2:
+    return tuple(shape[::-1])
+  kh, kw, cin, cout = shape
+  return (cin, cout, kh, kw) if 'output_upscaling' in path else (cout, cin, kh, kw)
+
+
+def _resize_position(path: str, value: np.ndarray, want: tuple):
+  if path.endswith('/pos_embed'):
+    return resize_pos_embed(value, want[1:3])
+  if re.search(r'/rel_pos_[hw]$', path):
+    return resize_rel_pos(value, want[0])
+  return None
+
+
+def _drop_unused(state: Mapping[str, np.ndarray], model) -> dict:
+  del model
+  return {k: v for k, v in state.items() if not UNUSED.match(k)}
+
+
+# The official state dict as a gps_jax.models.fitting.Layout: `load_checkpoint` reads a
+# sam_vit_*.pth through the one strict fit (adapters added to the encoder keep their init).
+SAM_LAYOUT = Layout(
+  file_name=torch_key,
+  file_shape=_torch_shape,
+  to_flax=_convert,
+  resize=(_resize_position,),
+  prepare=_drop_unused,
+  label='SAM checkpoint',
+)
+
+
 def sam_params_from_torch(
   state: Mapping[str, np.ndarray], model, source: str = 'the checkpoint'
 ) -> dict[str, np.ndarray]:
-  """Flat float32 parameters of `model` from an official SAM state dict (NumPy arrays);
-  position terms resized to the model's input size; a `UserError` naming `source` when
-  entries are missing, left over or of another shape."""
-  want = expected_shapes(model)
-  params, extra, wrong = {}, [], []
-  for key, value in state.items():
-    if UNUSED.match(key):
-      continue
-    path = flax_path(key)
-    if path not in want:
-      extra.append(key)
-      continue
-    value = _convert(path, np.asarray(value, np.float32))
-    if path.endswith('/pos_embed'):
-      value = resize_pos_embed(value, want[path][1:3])
-    elif re.search(r'/rel_pos_[hw]$', path):
-      value = resize_rel_pos(value, want[path][0])
-    if value.shape != want[path]:
-      wrong.append(f'{key}: {value.shape} for {want[path]}')
-    params[path] = value
-  missing = sorted(set(want) - set(params))
-  problems = []
-  if missing:
-    problems.append(f'missing {len(missing)} parameter(s), e.g. {", ".join(missing[:4])}')
-  if extra:
-    problems.append(f'{len(extra)} unknown entr(ies), e.g. {", ".join(sorted(extra)[:4])}')
-  if wrong:
-    problems.append(f'{len(wrong)} of another shape, e.g. {"; ".join(wrong[:3])}')
-  if problems:
-    raise UserError(f'{source} does not fit this SAM: ' + '; '.join(problems))
-  return params
+  """Flat float32 parameters of `model` from an official SAM state dict (NumPy arrays), through
+  `SAM_LAYOUT`: position terms resized to the model's input size; a `UserError` naming
+  `source` and every entry missing, left over or of another shape."""
+  arrays = {k: np.asarray(v, np.float32) for k, v in state.items()}
+  try:
+    params = SAM_LAYOUT.params(arrays, model, source)
+  except ValueError as e:
+    raise UserError(' '.join(str(e).split())) from None
+  return tree_lib.flat(params)
 
 
 def load_sam_pth(path: str, model) -> dict[str, np.ndarray]:
   """`sam_params_from_torch` of a ``.pth`` file read with ``torch.load(weights_only=True)``
   (tensors only: nothing in the file is executed)."""
-  import torch
+  from gps_jax.weights import read_state_dict
 
   try:
-    state = torch.load(path, map_location='cpu', weights_only=True)
-  except Exception as e:  # noqa: BLE001  (a pickle with code, a truncated file, not a zip)
-    raise UserError(f'{path}: not a readable PyTorch state dict ({type(e).__name__}: {e})') from None
-  if not isinstance(state, Mapping):
-    raise UserError(f'{path}: holds a {type(state).__name__}, not a state dict')
-  arrays = {k: v.detach().float().numpy() for k, v in state.items() if hasattr(v, 'detach')}
-  return sam_params_from_torch(arrays, model, source=path)
+    state = read_state_dict(path)
+  except (OSError, ValueError) as e:  # missing, a pickle with code, truncated, not a dict
+    raise UserError(str(e)) from None
+  return sam_params_from_torch(state, model, source=path)

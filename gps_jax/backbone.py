@@ -18,12 +18,15 @@ from gps_jax import checkpoint
 from gps_jax import methods
 from gps_jax import roles as roles_lib
 from gps_jax import sharding as shard_lib
+from gps_jax import tasks
 from gps_jax import tree as tree_lib
 from gps_jax import weights
 from gps_jax.config_defaults import VIT_B16_I21K_FILE
 from gps_jax.data import splits as splits_lib
+from gps_jax.errors import UserError
 from gps_jax.metrics import say
 from gps_jax.models import fitting
+from gps_jax.models import registry
 
 
 @dataclasses.dataclass
@@ -38,6 +41,7 @@ class Backbone:
   mesh: Any
   base_path: str
   base_sha256: Optional[str]
+  task: Any = None  # what the outputs train against (gps_jax.tasks); None: classification
 
 
 def processes() -> dict:
@@ -84,9 +88,24 @@ def model_config_of(config: ml_collections.ConfigDict, num_classes: int) -> dict
   return model_config
 
 
+def run_task(config: ml_collections.ConfigDict, num_classes: int):
+  """The task of a run (`gps_jax.tasks`): the model family's output kind, which must be
+  what the data source's labels are (class labels, or masks)."""
+  kind = registry.family_of(config.model).task
+  data_kind = splits_lib.task_of(config.data)
+  if kind != data_kind:
+    raise UserError(
+      f'config.data.source={config.data.source!r} has {data_kind} labels, but '
+      f'config.model.name={config.model.name!r} is a {kind} model'
+    )
+  return tasks.make(kind, num_classes, config.train.label_smoothing)
+
+
 def setup_backbone(config: ml_collections.ConfigDict, rng: jax.Array) -> Backbone:
-  """Stage 1: the model, its parameters on the device, the roles and the device mesh."""
+  """Stage 1: the model, its parameters on the device, the roles, the device mesh and the
+  task."""
   num_classes = splits_lib.num_classes(config.data)
+  task = run_task(config, num_classes)
   model_config = model_config_of(config, num_classes)
   model = weights.build_model(model_config)
   say(f'[{config.method}] loading backbone {config.model.checkpoint or "(random init)"}')
@@ -106,4 +125,4 @@ def setup_backbone(config: ml_collections.ConfigDict, rng: jax.Array) -> Backbon
   # The delta's manifest names the base file by content: a delta only applies to it.
   path = config.model.checkpoint
   sha = checkpoint.file_sha256(path) if path else None
-  return Backbone(model, model_config, num_classes, params, roles, mesh, path, sha)
+  return Backbone(model, model_config, num_classes, params, roles, mesh, path, sha, task)

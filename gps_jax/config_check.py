@@ -28,7 +28,7 @@ from gps_jax import selection
 from gps_jax import sparse_grad
 from gps_jax.data.augment import INTERPOLATIONS
 from gps_jax.data.input_pipeline import RECIPES
-from gps_jax.data.splits import SOURCES
+from gps_jax.data.splits import SOURCES, task_of
 from gps_jax.errors import UserError
 from gps_jax.models.layers import REMAT_POLICIES
 from gps_jax.models.model_config import HEAD_INITS
@@ -97,6 +97,14 @@ def _validate(c: ml_collections.ConfigDict) -> None:
   _one_of('data.eval_interpolation', c.data.eval_interpolation, INTERPOLATIONS[:2])
   _one_of('data.source', c.data.source, SOURCES)
   _one_of('data.recipe', c.data.recipe, RECIPES)
+  if task_of(c.data) == 'segmentation':
+    if c.data.recipe != 'resize':  # a crop of the image would need the same crop of its mask
+      raise UserError(
+        f'config.data.recipe={c.data.recipe!r}: a segmentation set ({c.data.source}) takes '
+        "'resize' (its masks are resized with the images, never cropped)"
+      )
+    if c.train.mixup or c.train.cutmix:
+      raise UserError('config.train.mixup / cutmix mix class labels: set them to 0 for segmentation')
   _number('gps.k', c.gps.k, integer=True)
   _number('gps.score_chunks', c.gps.score_chunks, integer=True)
   views = 2 * (c.gps.batch_size or c.data.batch_size)

@@ -65,6 +65,9 @@ def experiment_config() -> ml_collections.ConfigDict:
   c.data.image_dir = ''  # vpt_folder: folder the JSON keys are relative to
   c.data.num_classes = 0  # 0 = from the source (required for vpt_folder)
   c.data.split_seed = 0
+  # kvasir: > 0 writes that many generated Kvasir-SEG-layout images (seed split_seed) into
+  # data_dir when it holds none (gps_jax.data.kvasir.write_synthetic; configs/polyp.py).
+  c.data.synthetic_images = 0
   # Split roles: train | val | trainval | test (VTAB: train800 | val200 | train800val200).
   c.data.train_split = 'train'
   c.data.val_split = 'val'  # empty: no validation split
@@ -158,6 +161,9 @@ def experiment_config() -> ml_collections.ConfigDict:
   c.train.checkpoint_every_steps = 0
   c.train.keep_checkpoints = 2
   c.train.eval_every_epochs = 10.0
+  # Evaluate every split once before the first step too (results.json 'untuned'): the
+  # starting point a fine-tuning is measured against; nothing is chosen on it.
+  c.train.eval_untuned = False
 
   c.optim = ml_collections.ConfigDict()
   c.optim.name = 'adam'  # adam | adamw (the same: decoupled decay) | sgd

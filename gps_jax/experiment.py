@@ -92,6 +92,7 @@ def eval_batches(config: ml_collections.ConfigDict, role: str):
     batch_size=config.data.eval_batch_size,
     image_fn=eval_image,
     image_size=config.model.image_size,
+    label_size=config.model.image_size,  # segmentation masks at the input's size
     **backbone_lib.processes(),
   )
 
@@ -115,6 +116,7 @@ def make_iterators(config: ml_collections.ConfigDict, train_split, start_step: i
     seed=seed,
     shuffle_buffer=config.data.shuffle_buffer,
     cache=config.data.cache,
+    label_size=config.model.image_size,
     **backbone_lib.processes(),
   )
   return train_iter, eval_sets, final_sets, split_names
@@ -123,6 +125,8 @@ def make_iterators(config: ml_collections.ConfigDict, train_split, start_step: i
 def _results(config, stats, tuner, out, durations, timing, info, splits) -> dict:
   """Stage 5's record of the run: results.json."""
   use_ema = bool(tuner.ema_decay)
+  metric = tuner.task.metric  # accuracy, or dice (segmentation; its iou comes too)
+  test = 'test_ema' if use_ema else 'test'
   # The mask's entries (stats), plus the LoRA / SSF factors, which no role shows.
   extra = _factor_count(out['state'].trainable)
   trained = {
@@ -138,8 +142,9 @@ def _results(config, stats, tuner, out, durations, timing, info, splits) -> dict
     'dataset': config.data.name,
     'data_source': config.data.source,
     'splits': splits,
+    'metric': metric,
     'protocol': (
-      'test accuracy after the last step'
+      f'test {metric} after the last step'
       + (' with the EMA weights' if use_ema else '')
       + '; nothing is chosen on test'
     ),
@@ -154,17 +159,20 @@ def _results(config, stats, tuner, out, durations, timing, info, splits) -> dict
     'selection': info,
     'train_seconds': out['train_seconds'],
     'train_steps': durations.total_steps,
-    'test_accuracy': out['final']['test_ema' if use_ema else 'test'],
+    # test_accuracy; for segmentation test_dice and test_iou (mDice, mIoU).
+    **{f'test_{m}': v for m, v in out['final_metrics'][test].items()},
     'history': out['history'],
   }
+  if out['untuned']:  # the starting weights' metrics (config.train.eval_untuned)
+    results['untuned'] = {f'{s}_{m}': v for s, vals in out['untuned'].items() for m, v in vals.items()}
   if use_ema:
-    results['test_accuracy_raw'] = out['final']['test']
-    results['test_accuracy_ema'] = out['final']['test_ema']
+    results[f'test_{metric}_raw'] = out['final']['test']
+    results[f'test_{metric}_ema'] = out['final']['test_ema']
   if 'val' in splits:
     suffix = '_ema' if use_ema else ''
     # Model selection (e.g. of hyper-parameters) uses these, never the test split.
-    results['best_val_accuracy'] = out['best']['val' + suffix]
-    results['final_val_accuracy'] = out['final']['val' + suffix]
+    results[f'best_val_{metric}'] = out['best']['val' + suffix]
+    results[f'final_val_{metric}'] = out['final']['val' + suffix]
   return results
 
 
@@ -248,6 +256,7 @@ def run(
     steps_per_epoch=durations.steps_per_epoch,
     mesh=bb.mesh,
     update=update_rule(config, bb, indices),
+    task=bb.task,
   )
   train_iter, eval_sets, final_sets, split_names = make_iterators(
     config, train_split, start_step, data_seed
@@ -277,6 +286,7 @@ def run(
         step, state, indices, {**meta, 'data_position': {'step': step, 'examples': step * bs}}
       ),
       save_every=config.train.checkpoint_every_steps,
+      eval_untuned=config.train.eval_untuned,
     )
   finally:
     ckpts.close()  # waits for pending writes; orbax's threads must not outlive the run

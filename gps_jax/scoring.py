@@ -12,7 +12,12 @@ every source by name:
 * ``head_ce``: cross-entropy gradients through a random linear head on the
   first views (`accumulate_head_ce_scores`);
 * ``random``: uniform random scores (`random_scores`);
-* ``magnitude``: |w| (`magnitude_scores`).
+* ``magnitude``: |w| (`magnitude_scores`);
+* ``task_loss``: gradients of the task's own loss through the model's own, pretrained
+  output — for SAM the BCE + IoU loss of its masks through the mask decoder, what the
+  original GPS code selects SAM's entries with (`accumulate_task_loss_scores`). SupCon needs
+  image classes, which a segmentation set has not; a classifier's fresh head passes no
+  gradient back (use ``head_ce`` there).
 
 `DATA_SCORERS` are those that pass over the training data. What the scores
 choose (top-K per neuron, or per layer or net) is `gps_jax.selection`.
@@ -329,6 +334,36 @@ def accumulate_head_ce_scores(
   return _accumulate(grad_fn, params, roles, batches, drop_rng, mesh, views=1, total=total)
 
 
+def accumulate_task_loss_scores(
+  apply_fn: Callable,
+  params: Mapping[str, jax.Array],
+  roles: Any,
+  batches: Iterable[Mapping[str, np.ndarray]],
+  rng: jax.Array,
+  task: Any,
+  mesh=None,
+  total: int = 0,
+) -> tuple[dict[str, jax.Array], dict[str, float]]:
+  """One pass of the gradients of ``task.loss`` (`gps_jax.tasks`) on the model's outputs,
+  summed (signed) per candidate: single-view batches of the training split ('label': what
+  the task trains against), model in training mode, batch i with the rng fold_in(rng, i)."""
+  if task is None or not hasattr(task, 'loss'):
+    raise ValueError('the task_loss score needs the task of the run')
+  if getattr(task, 'metric', '') == 'accuracy':
+    raise ValueError(
+      "config.gps.score='task_loss' on a classifier: its new head passes no gradient back to "
+      "the backbone; use 'supcon' or 'head_ce'"
+    )
+  apply_fn = shard_lib.batch_sharded(apply_fn, mesh)
+
+  def loss_fn(params, images, labels, rng):
+    outputs = apply_fn({'params': params}, images, train=True, rngs={'dropout': rng})
+    return task.loss(outputs, {'label': labels})[0]
+
+  grad_fn = _plain_grad(loss_fn)
+  return _accumulate(grad_fn, params, roles, batches, rng, mesh, views=1, total=total)
+
+
 def random_scores(roles: Any, rng: jax.Array) -> dict[str, jax.Array]:
   """Uniform random scores: top-K of them is K random inputs per neuron (at the net
   level: a uniformly random subset of the whole net)."""
@@ -345,8 +380,9 @@ def magnitude_scores(params: Mapping[str, jax.Array], roles: Any) -> dict[str, j
 @dataclasses.dataclass(frozen=True)
 class ScoreInputs:
   """What a score source may use: the model, its flat params and roles, an rng, the
-  two-view selection batches (a callable that starts the pass), the mesh and the
-  number of classes of the task."""
+  selection batches (a callable that starts the pass: two-view batches, or single-view
+  training batches for the sources in `SINGLE_VIEW`), the mesh, the number of classes and
+  the task (`gps_jax.tasks`)."""
 
   apply_fn: Callable
   params: Mapping[str, jax.Array]
@@ -358,6 +394,7 @@ class ScoreInputs:
   num_classes: int = 0
   chunks: int = 1  # the SupCon pass's backward, views at a time (config.gps.score_chunks)
   total_images: int = 0  # images of the pass, for the progress bar (0: unknown)
+  task: Any = None
 
 
 def _supcon(x: ScoreInputs):
@@ -387,8 +424,14 @@ SCORERS: dict[str, Callable[[ScoreInputs], tuple[dict, dict]]] = {
   'head_ce': _head_ce,
   'random': lambda x: (random_scores(x.roles, x.rng), {}),
   'magnitude': lambda x: (magnitude_scores(x.params, x.roles), {}),
+  'task_loss': lambda x: accumulate_task_loss_scores(
+    x.apply_fn, x.params, x.roles, x.batches(), x.rng, x.task, x.mesh, x.total_images
+  ),
 }
 
 # The sources that pass over the training data: a run saves their scores for reuse
 # (config.gps.scores_from); the others cost less to recompute than to store.
-DATA_SCORERS = ('supcon', 'head_ce')
+DATA_SCORERS = ('supcon', 'head_ce', 'task_loss')
+# The sources whose pass takes one view per image with the task's labels (a pass of
+# training batches); the others take the two-view SupCon batches.
+SINGLE_VIEW = ('task_loss',)

@@ -68,6 +68,17 @@ def select_indices(
       say(f'[{config.method}] selection: one {source} pass over {train_split.num_examples} images')
 
     def batches():
+      if source in scoring.SINGLE_VIEW:  # one pass of training batches, the task's labels
+        from gps_jax.experiment import image_fns  # noqa: PLC0415 (experiment imports this)
+
+        return pipeline.one_pass_batches(
+          train_split,
+          batch_size=config.gps.batch_size or config.data.batch_size,
+          image_fn=image_fns(config)[0],
+          seed=data_seed,
+          label_size=config.model.image_size,
+          **backbone_lib.processes(),
+        )
       return pipeline.two_view_batches(
         train_split,
         batch_size=config.gps.batch_size or config.data.batch_size,
@@ -92,6 +103,7 @@ def select_indices(
       total_images=_pass_images(
         train_split.num_examples, config.gps.batch_size or config.data.batch_size
       ),
+      task=bb.task,
     )
     scores, info = scoring.SCORERS[source](inputs)
     if (

@@ -53,21 +53,38 @@ def _mean_std(values: list[float]) -> str:
   return f'{v.mean():.2f}' if v.size == 1 else f'{v.mean():.2f}±{v.std(ddof=1):.2f}'
 
 
+def _test_metrics(row: dict) -> list[str]:
+  """The task's metrics of a results row, headline first (accuracy; dice, iou)."""
+  metric = row.get('metric', 'accuracy')
+  others = [
+    k[len('test_') :]
+    for k in row
+    if k.startswith('test_') and k != f'test_{metric}' and not k.endswith(('_raw', '_ema'))
+  ]
+  return [metric, *others]
+
+
 def format_comparison(rows: list[dict]) -> str:
-  """One line per method; accuracies are mean±std over seeds when several ran."""
+  """One line per method; the test metrics (accuracy, or mDice and mIoU) and the best
+  validation value of the headline metric are mean±std over seeds when several ran."""
   by_method: dict[str, list[dict]] = {}
   for r in rows:
     by_method.setdefault(r['method'], []).append(r)
+  names = _test_metrics(rows[0])
+  short = {'accuracy': 'acc'}
   lines = [
-    f'{"method":<10}{"seeds":>6}{"test acc %":>14}{"best val %":>14}{"trainable":>11}'
-    f'{"share %":>9}{"select s":>10}{"train s":>9}'
+    f'{"method":<10}{"seeds":>6}'
+    + ''.join(f'{"test " + short.get(m, m) + " %":>14}' for m in names)
+    + f'{"best val %":>14}{"trainable":>11}{"share %":>9}{"select s":>10}{"train s":>9}'
   ]
   for method, rs in by_method.items():
-    val = [r['best_val_accuracy'] for r in rs if r.get('best_val_accuracy') is not None]
+    key = f'best_val_{names[0]}'
+    val = [r[key] for r in rs if r.get(key) is not None]
     r0 = rs[0]
     lines.append(
-      f'{method:<10}{len(rs):>6}{_mean_std([r["test_accuracy"] for r in rs]):>14}'
-      f'{(_mean_std(val) if val else "-"):>14}'
+      f'{method:<10}{len(rs):>6}'
+      + ''.join(f'{_mean_std([r["test_" + m] for r in rs]):>14}' for m in names)
+      + f'{(_mean_std(val) if val else "-"):>14}'
       f'{r0["trainable_without_head"]:>11,}{r0["share_without_head_pct"]:>9.3f}'
       f'{np.mean([r["selection_seconds"] for r in rs]):>10.1f}'
       f'{np.mean([r["train_seconds"] for r in rs]):>9.1f}'

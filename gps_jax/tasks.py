@@ -83,3 +83,16 @@ class Segmentation:
     dice, iou = _dice_iou(upsample_logits(outputs[0], target.shape[1:]) > 0, target)
     n = valid.sum()
     return {'dice': (jnp.where(valid, dice, 0).sum(), n), 'iou': (jnp.where(valid, iou, 0).sum(), n)}
+
+
+# The task of a model family's output (`gps_jax.models.registry.Family.task`).
+KINDS = ('classification', 'segmentation')
+
+
+def make(kind: str, num_classes: int = 0, label_smoothing: float = 0.0):
+  """The task a model of output kind `kind` is trained and evaluated on."""
+  if kind == 'segmentation':
+    return Segmentation()
+  if kind == 'classification':
+    return Classification(num_classes, label_smoothing)
+  raise ValueError(f'unknown task {kind!r}; use one of {", ".join(KINDS)}')

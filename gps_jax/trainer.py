@@ -256,6 +256,7 @@ def fit(
   restore: Callable[[TrainState], TrainState] | None = None,
   save: Callable[[int, TrainState], None] | None = None,
   save_every: int = 0,
+  eval_untuned: bool = False,
 ) -> dict:
   """Trains for `num_steps` steps of `train_batches`.
 
@@ -272,8 +273,11 @@ def fit(
   returning a fresh iterable of eval batches. Every `log_every` steps the
   loss, accuracy, lr and images/s go to the console and to `log` (the run's
   metrics.jsonl), as do the evaluations. Returns the final state, frozen part
-  and aux, the history of evaluations, the final accuracies, the best accuracy
-  of each `eval_sets` split, and the training wall time.
+  and aux, the history of evaluations, the final values of the task's headline metric
+  (`final`: accuracy, or mDice) and of all its metrics (`final_metrics`: {split: {metric:
+  value}}), the best headline value of each `eval_sets` split, and the training wall time.
+  `eval_untuned`: every split is evaluated before the first step too (`untuned`: {split:
+  {metric: value}}; not on a resumed run).
   """
   log = log or metrics_lib.MetricsLog(None)
   state, frozen, aux = tuner.init(params)
@@ -282,14 +286,25 @@ def fit(
   start = int(jax.device_get(state.step))
   eval_sets, final_sets = dict(eval_sets), dict(final_sets)
 
-  def evaluate(sets):
+  metric = tuner.task.metric
+
+  def evaluate(sets, every: dict | None = None):
+    """{split: the headline metric}; `every` receives {split: {metric: value}}."""
     accs = {}
     for name, make in sets.items():
-      accs[name] = tuner.evaluate(frozen, aux, state, make())
-      if tuner.ema_decay:
-        accs[f'{name}_ema'] = tuner.evaluate(frozen, aux, state, make(), ema=True)
+      for key, ema in ((name, False), (f'{name}_ema', True))[: 2 if tuner.ema_decay else 1]:
+        values = tuner.evaluate_all(frozen, aux, state, make(), ema=ema)
+        accs[key] = values[metric]
+        if every is not None:
+          every[key] = values
     return accs
 
+  untuned: dict = {}
+  if eval_untuned and start == 0:  # the starting point, before any step
+    evaluate({**eval_sets, **final_sets}, untuned)
+    flat = {f'{k}_{m}': v for k, vals in untuned.items() for m, v in vals.items()}
+    log.write('untuned', 0, **flat)
+    metrics_lib.say('  untuned: ' + '  '.join(f'{k} {v:.4f}' for k, v in flat.items()))
   history, t0 = [], time.perf_counter()
   t_log, images_since = time.perf_counter(), 0
   shown = None
@@ -316,7 +331,6 @@ def fit(
       now = time.perf_counter()
       speed = images_since / (now - t_log)
       log.write('train', step, **m, images_per_s=speed)
-      metric = tuner.task.metric
       metrics_lib.say(
         f'  step {step:>6}/{num_steps}  loss {m["loss"]:.4f}  '
         f'{"acc" if metric == "accuracy" else metric} {m[metric]:.3f}  '
@@ -334,13 +348,18 @@ def fit(
   if shown is not None:
     shown.close()
   train_seconds = time.perf_counter() - t0
-  final = evaluate({**eval_sets, **final_sets})
+  final_metrics: dict = {}
+  final = evaluate({**eval_sets, **final_sets}, final_metrics)
   evaluated = [k for k in final if k.removesuffix('_ema') in eval_sets]
   if eval_sets:
     history.append({'step': num_steps, **{k: final[k] for k in evaluated}})
+  # The task's other metrics (segmentation: IoU besides Dice) as '<split>_<metric>'.
+  others = {f'{k}_{m}': v for k, vals in final_metrics.items() for m, v in vals.items() if m != metric}
   if final:
-    log.write('final', num_steps, **final)
-    metrics_lib.say('  final: ' + '  '.join(f'{k} {v:.4f}' for k, v in final.items()))
+    log.write('final', num_steps, **final, **others)
+    metrics_lib.say(
+      '  final: ' + '  '.join(f'{k} {v:.4f}' for k, v in {**final, **others}.items())
+    )
   best = {name: max(h[name] for h in history) for name in evaluated}
   return {
     'state': state,
@@ -348,6 +367,8 @@ def fit(
     'aux': aux,
     'history': history,
     'final': final,
+    'final_metrics': final_metrics,
+    'untuned': untuned,
     'best': best,
     'train_seconds': train_seconds,
   }

@@ -1,0 +1,108 @@
+"""configs/polyp.py: the paper's SAM recipe as data, and a run of the whole path (official
+.pth checkpoint -> task-loss selection -> sparse fine-tuning -> mDice / mIoU -> delta) on a
+generated Kvasir-SEG folder with a tiny SAM."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+from cli_run import REPO, run_module
+from sam_refs import torch_sam
+
+from gps_jax import config_check, methods, sweep
+from gps_jax import delta as delta_lib
+from gps_jax.data import kvasir
+from gps_jax.errors import UserError
+from gps_jax.models import sam_torch
+from gps_jax.models.sam import SAM
+from gps_jax.sweep import method_config
+
+# A SAM small enough for a test: 32 px, a 4 x 4 token grid, two blocks (one global).
+MICRO = dict(image_size=32, patch_size=8, embed_dim=16, depth=2, num_heads=2, global_blocks=(1,),
+             window=2, prompt_dim=16, decoder_heads=2, decoder_mlp_dim=32, iou_head_hidden=8)  # fmt: skip
+
+
+def _load_polyp(arg=None):
+  import importlib.util
+
+  spec = importlib.util.spec_from_file_location('polyp_config', os.path.join(REPO, 'configs', 'polyp.py'))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module, module.get_config(arg)
+
+
+def test_the_paper_recipe(tmp_path):
+  _, c = _load_polyp()
+  assert (c.model.name, c.model.variant, c.model.image_size) == ('sam', 'vit_b', 1024)
+  assert c.model.require_checkpoint and tuple(c.model.mean) == (0.485, 0.456, 0.406)
+  assert (c.data.source, c.data.batch_size, c.data.recipe) == ('kvasir', 1, 'resize')
+  assert (c.optim.name, c.optim.lr, c.optim.weight_decay, c.optim.end_lr) == ('adamw', 2e-4, 0.01, 1e-7)
+  assert (c.optim.schedule, c.optim.warmup_epochs, c.train.epochs) == ('timm_epoch_cosine', 0.0, 20)
+  assert c.gps.k == 1 and methods.score_source(c) == 'task_loss'
+  for method in ('gps', 'full', 'linear', 'bitfit', 'lora', 'ssf', 'adapter'):
+    methods.rules(method_config(c, method))  # defined for SAM
+  # It validates as it is once the two paths are given; without the folder, one error.
+  pth = tmp_path / 'sam_vit_b_01ec64.pth'
+  pth.write_bytes(b'')
+  c.model.checkpoint = str(pth)
+  config_check.validate(c)
+  c.data.recipe = 'fgvc'
+  with pytest.raises(UserError, match="config.data.recipe='fgvc': a segmentation set"):
+    config_check.validate(c)
+  _, compare = _load_polyp('synthetic,compare')
+  assert compare.compare_methods == ('gps', 'full', 'linear', 'bitfit', 'lora', 'ssf', 'adapter')
+
+
+def test_command_line_without_the_data_folder_is_one_line(tmp_path):
+  proc = run_module('gps_jax.main', '--config=configs/polyp.py', f'--workdir={tmp_path}',
+                    '--config.model.require_checkpoint=False')  # fmt: skip
+  assert proc.returncode == 1
+  assert proc.stderr.strip().splitlines()[-1] == (
+    'error: config.data.data_dir must name the Kvasir-SEG folder (images/ and masks/) for '
+    'source "kvasir"'
+  )
+
+
+@pytest.mark.slow
+def test_polyp_run_from_an_official_pth_on_generated_data(tmp_path):
+  root = str(tmp_path / 'kvasir')
+  kvasir.write_synthetic(root, 20, seed=3, image_size=(40, 48))
+  sam = torch_sam(MICRO, seed=1)
+  pth = tmp_path / 'sam_micro.pth'
+  torch.save(sam.state_dict(), pth)
+  _, c = _load_polyp()
+  c.model.variant = ''
+  c.model.update(MICRO)
+  c.model.checkpoint = str(pth)
+  c.data.data_dir = root
+  c.data.batch_size, c.data.eval_batch_size = 4, 4
+  c.train.steps = 3
+  c.train.eval_untuned = True
+  c.compare_methods = ('gps', 'linear')
+  c.gps.save_scores = False
+  rows = sweep.run_config(c, str(tmp_path / 'run'))
+  gps = json.load(open(tmp_path / 'run' / 'gps' / 'results.json'))
+  assert gps['metric'] == 'dice' and gps['splits']['test'] == 'kvasir:test'
+  for key in ('test_dice', 'test_iou', 'best_val_dice'):
+    assert 0.0 <= gps[key] <= 1.0
+  assert set(gps['untuned']) == {'val_dice', 'val_iou', 'test_dice', 'test_iou'}
+  assert gps['selection']['batches'] == 4  # one pass of 16 training images in batches of 4
+  table = open(tmp_path / 'run' / 'comparison.txt').read()
+  assert 'test dice %' in table and 'test iou %' in table and 'linear' in table
+  assert [r['method'] for r in rows] == ['gps', 'linear']
+  # The delta applied to the .pth's parameters gives the fine-tuned model: K = 1 entry per
+  # neuron moved in the encoder's selected kernels, the decoder trained in full.
+  d = delta_lib.load(str(tmp_path / 'run' / 'gps' / 'checkpoint'))
+  assert d.manifest['model']['name'] == 'sam' and d.manifest['k'] == 1
+  base = sam_torch.sam_params_from_torch(
+    {k: v.numpy() for k, v in sam.state_dict().items()}, SAM(**MICRO)
+  )
+  tuned = delta_lib.apply_to(d, base)
+  qkv = 'image_encoder/blocks_0/attn/qkv/kernel'
+  moved = np.asarray(tuned[qkv]) != base[qkv]
+  assert moved.any() and moved.sum(axis=0).max() == 1
+  assert not np.array_equal(tuned['mask_decoder/iou_token'], base['mask_decoder/iou_token'])
+  pe = 'prompt_encoder/pe_layer/positional_encoding_gaussian_matrix'
+  np.testing.assert_array_equal(tuned[pe], base[pe])

@@ -19,8 +19,9 @@ every source by name:
   image classes, which a segmentation set has not; a classifier's fresh head passes no
   gradient back (use ``head_ce`` there).
 
-`DATA_SCORERS` are those that pass over the training data. What the scores
-choose (top-K per neuron, or per layer or net) is `gps_jax.selection`.
+`DATA_SCORERS` are those that pass over the training data (the pass itself, jitted and
+sharded, is `gps_jax.grad_pass`). What the scores choose (top-K per neuron, or per layer
+or net) is `gps_jax.selection`.
 """
 
 from __future__ import annotations
@@ -33,122 +34,14 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from gps_jax import progress
 from gps_jax import roles as roles_lib
-from gps_jax import tree as tree_lib
 from gps_jax import sharding as shard_lib
+from gps_jax.grad_pass import GradFn, LossFn, accumulate, chunked_grad, make_grad_step, plain_grad
 from gps_jax.losses import l2_normalize, supcon_loss
 
 # The kernel of the random linear head of the 'head_ce' score is drawn from
 # N(0, HEAD_CE_STD^2) (its bias is zero): a zero head would pass no gradient back.
 HEAD_CE_STD = 0.02
-
-LossFn = Callable[[Any, jax.Array, jax.Array, jax.Array], jax.Array]
-
-
-GradFn = Callable[[dict, dict, jax.Array, jax.Array, jax.Array], tuple[jax.Array, dict]]
-
-
-def _plain_grad(loss_fn: LossFn) -> GradFn:
-  """(loss, gradients w.r.t. the candidates) of `loss_fn` on the whole batch at once."""
-
-  def grad_fn(cand, rest, images, labels, rng):
-    def loss(c):
-      return loss_fn(tree_lib.unflat({**rest, **c}), images, labels, rng)
-
-    return jax.value_and_grad(loss)(cand)
-
-  return grad_fn
-
-
-def chunk_rows(a: jax.Array, chunks: int) -> jax.Array:
-  """(n, ...) -> (chunks, n / chunks, ...), row i * chunks + c in chunk c: each chunk takes
-  rows from every device's share of a batch-sharded array."""
-  return jnp.swapaxes(a.reshape(a.shape[0] // chunks, chunks, *a.shape[1:]), 0, 1)
-
-
-def unchunk_rows(a: jax.Array) -> jax.Array:
-  """The inverse of `chunk_rows`."""
-  return jnp.swapaxes(a, 0, 1).reshape(a.shape[0] * a.shape[1], *a.shape[2:])
-
-
-def _chunked_grad(
-  features_fn: Callable, head_fn: Callable, chunks: int, unroll: bool = False
-) -> GradFn:
-  """The same (loss, gradients) with the backbone's backward run `chunks` views at a time.
-
-  A loss over the whole batch (SupCon contrasts every view with every other) cannot be
-  split into per-chunk losses, but its gradient can (GradCache, Gao et al. 2021): the
-  features of all views without gradients, the loss and its gradient w.r.t. the features,
-  then per chunk the backbone's VJP of those feature gradients, summed. Exact; the
-  backward holds one chunk's activations, for one more forward pass. Chunk c's forward
-  gets the rng split(rng, chunks)[c] in both passes, so dropout and drop-path agree.
-
-  `unroll`: Python loops instead of `lax.map` / `lax.scan`, the same computation. Only for
-  XLA's cost analysis, which counts a loop body once: unrolled, XLA:CPU schedules every
-  chunk's backward together and the memory saving is gone (ViT-S/16, 16 views in 2 chunks:
-  2,247 MiB unrolled, 1,352 looped).
-  """
-
-  def grad_fn(cand, rest, images, labels, rng):
-    n = images.shape[0]
-    if n % chunks:
-      raise ValueError(
-        f'config.gps.score_chunks={chunks}: the {n} views of a selection batch do not '
-        'split into that many equal chunks'
-      )
-    keys = jax.random.split(rng, chunks)
-    parts = chunk_rows(images, chunks)
-
-    def features(c, x, key):
-      return features_fn(tree_lib.unflat({**rest, **c}), x, key)
-
-    if unroll:
-      feats = jnp.stack([features(cand, parts[c], keys[c]) for c in range(chunks)])
-    else:
-      feats = jax.lax.map(lambda xk: features(cand, *xk), (parts, keys))
-    value, d_feats = jax.value_and_grad(head_fn)(unchunk_rows(feats), labels)
-
-    def one_chunk(acc, xs):
-      x, key, d = xs
-      _, vjp = jax.vjp(lambda c: features(c, x, key), cand)
-      (g,) = vjp(d)
-      return jax.tree.map(jnp.add, acc, g), None
-
-    grads = jax.tree.map(lambda v: jnp.zeros(v.shape, jnp.float32), cand)
-    xs = (parts, keys, chunk_rows(d_feats, chunks))
-    if unroll:
-      for c in range(chunks):
-        grads, _ = one_chunk(grads, jax.tree.map(lambda a: a[c], xs))
-    else:
-      grads, _ = jax.lax.scan(one_chunk, grads, xs)
-    return value, grads
-
-  return grad_fn
-
-
-def _make_grad_step(grad_fn: GradFn, candidates: Iterable[str], shardings: tuple | None):
-  """A jitted `step(scores, params, batch, rng) -> (scores, loss)` that adds the gradient
-  of the loss w.r.t. the candidates (`grad_fn`) to `scores`."""
-  candidates = tuple(candidates)
-
-  def step(scores, params, batch, rng):
-    cand = {p: params[p] for p in candidates}
-    rest = {p: v for p, v in params.items() if p not in cand}
-    value, grads = grad_fn(cand, rest, batch['image'], batch['label'], rng)
-    scores = {p: scores[p] + grads[p].astype(scores[p].dtype) for p in candidates}
-    return scores, value
-
-  if shardings is None:
-    return jax.jit(step, donate_argnums=(0,))
-  scores_sh, params_sh, batch_sh = shardings
-  repl = shard_lib.replicated(batch_sh.mesh)
-  return jax.jit(
-    step,
-    in_shardings=(scores_sh, params_sh, batch_sh, repl),
-    out_shardings=(scores_sh, repl),
-    donate_argnums=(0,),
-  )
 
 
 def _supcon_parts(apply_fn: Callable, temperature: float) -> tuple[Callable, Callable]:
@@ -178,10 +71,10 @@ def _supcon_grad(
     raise ValueError(f'config.gps.score_chunks={chunks}: want an integer >= 1')
   features, head = _supcon_parts(apply_fn, temperature)
   if chunks == 1:
-    return _plain_grad(
+    return plain_grad(
       lambda params, images, labels, rng: head(features(params, images, rng), labels)
     )
-  return _chunked_grad(features, head, chunks, unroll)
+  return chunked_grad(features, head, chunks, unroll)
 
 
 def first_views(images: jax.Array, blocks: int = 1) -> jax.Array:
@@ -229,58 +122,13 @@ def make_score_step(
   (2B, H, W, C) — the first B rows are the first views — and
   `batch['label']` is (B,). `shardings` = (scores, params, batch) shardings
   jits the step with explicit in/out shardings on their mesh. `chunks` > 1 runs the
-  backward that many views at a time (`_chunked_grad`: the same gradients; `unroll`
+  backward that many views at a time (`chunked_grad`: the same gradients; `unroll`
   for XLA's FLOP count only).
   """
   if shardings is not None:
     apply_fn = shard_lib.batch_sharded(apply_fn, shardings[2].mesh)
   grad_fn = _supcon_grad(apply_fn, temperature, chunks, unroll)
-  return _make_grad_step(grad_fn, candidates, shardings)
-
-
-def _accumulate(
-  grad_fn: GradFn,
-  params: Mapping[str, jax.Array],
-  roles: Any,
-  batches: Iterable[Mapping[str, np.ndarray]],
-  rng: jax.Array,
-  mesh=None,
-  views: int = 2,
-  total: int = 0,
-) -> tuple[dict[str, jax.Array], dict[str, float]]:
-  """One pass of `grad_fn` gradients over `batches`, summed (signed) per candidate;
-  batch i gets the rng fold_in(rng, i). `views`: the images of a batch the loss uses,
-  per image of its labels (for the 'images' count); `total`: the images of the pass, for
-  the progress bar's time remaining (0: unknown)."""
-  candidates = list(roles_lib.leaves_with_role(roles, 'select'))
-  scores = {p: jnp.zeros(params[p].shape, jnp.float32) for p in candidates}
-  shardings = None
-  if mesh is not None:
-    shardings = (
-      shard_lib.tree_shardings(mesh, scores),
-      shard_lib.tree_shardings(mesh, dict(params)),
-      shard_lib.batch_sharding(mesh),
-    )
-    scores = shard_lib.put_tree(scores, shardings[0])
-    params = shard_lib.put_tree(dict(params), shardings[1])
-  step = _make_grad_step(grad_fn, candidates, shardings)
-  losses, images = [], 0
-  with progress.bar('selection pass', total) as shown:
-    for i, batch in enumerate(batches):
-      if mesh is not None:  # this process's share -> global arrays over the mesh
-        batch = shard_lib.put_batch(batch, mesh)
-      scores, loss = step(scores, params, batch, jax.random.fold_in(rng, i))
-      losses.append(loss)
-      n = int(batch['label'].shape[0])
-      images += n * views
-      shown.update(n)
-  if not losses:
-    raise ValueError(
-      'the selection pass saw no batch: the training split is smaller than '
-      'one batch (batches drop the remainder); lower the batch size'
-    )
-  mean_loss = float(np.mean(jax.device_get(losses)))
-  return scores, {'batches': len(losses), 'images': images, 'loss': mean_loss}
+  return make_grad_step(grad_fn, candidates, shardings)
 
 
 def accumulate_scores(
@@ -299,12 +147,12 @@ def accumulate_scores(
   Returns the scores {path: array} of every `select` leaf and statistics
   (batches, images, mean loss). With a `mesh`, the batches are split over all
   its devices and the scores are sharded like their kernels. `chunks` > 1: each batch's
-  backward runs that many views at a time, with the same gradients (`_chunked_grad`).
+  backward runs that many views at a time, with the same gradients (`chunked_grad`).
   `total`: the images of the pass, for the progress bar (0: unknown).
   """
   apply_fn = shard_lib.batch_sharded(apply_fn, mesh)
   grad_fn = _supcon_grad(apply_fn, temperature, chunks)
-  return _accumulate(grad_fn, params, roles, batches, rng, mesh, total=total)
+  return accumulate(grad_fn, params, roles, batches, rng, mesh, total=total)
 
 
 def accumulate_head_ce_scores(
@@ -330,8 +178,8 @@ def accumulate_head_ce_scores(
     raise ValueError(f'the head_ce score needs the number of classes, got {num_classes}')
   head_rng, drop_rng = jax.random.split(rng)
   loss_fn = _head_ce_loss(shard_lib.batch_sharded(apply_fn, mesh), int(num_classes), head_rng)
-  grad_fn = _plain_grad(loss_fn)
-  return _accumulate(grad_fn, params, roles, batches, drop_rng, mesh, views=1, total=total)
+  grad_fn = plain_grad(loss_fn)
+  return accumulate(grad_fn, params, roles, batches, drop_rng, mesh, views=1, total=total)
 
 
 def accumulate_task_loss_scores(
@@ -360,8 +208,8 @@ def accumulate_task_loss_scores(
     outputs = apply_fn({'params': params}, images, train=True, rngs={'dropout': rng})
     return task.loss(outputs, {'label': labels})[0]
 
-  grad_fn = _plain_grad(loss_fn)
-  return _accumulate(grad_fn, params, roles, batches, rng, mesh, views=1, total=total)
+  grad_fn = plain_grad(loss_fn)
+  return accumulate(grad_fn, params, roles, batches, rng, mesh, views=1, total=total)
 
 
 def random_scores(roles: Any, rng: jax.Array) -> dict[str, jax.Array]:

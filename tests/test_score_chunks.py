@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from gps_jax import config_check
+from gps_jax import grad_pass
 from gps_jax import roles as roles_lib
 from gps_jax import scoring
 from gps_jax import tree as tree_lib
@@ -29,10 +30,10 @@ def _setup(drop_path_rate=0.0):
 
 def test_chunk_rows_interleaves_and_inverts():
   a = jnp.arange(12).reshape(6, 2)
-  parts = scoring.chunk_rows(a, 3)
+  parts = grad_pass.chunk_rows(a, 3)
   # Chunk c holds rows c, c + 3: every chunk takes rows from each half of the batch.
   np.testing.assert_array_equal(parts[:, :, 0], [[0, 6], [2, 8], [4, 10]])
-  np.testing.assert_array_equal(scoring.unchunk_rows(parts), a)
+  np.testing.assert_array_equal(grad_pass.unchunk_rows(parts), a)
 
 
 @pytest.mark.parametrize('chunks', [2, 4, 8])
@@ -64,9 +65,9 @@ def test_chunked_pass_keeps_each_chunks_rng_in_both_passes():
 
   def loss(cand, keys):
     params = tree_lib.unflat({**flat, **cand})
-    parts = scoring.chunk_rows(jnp.asarray(batch['image']), chunks)
+    parts = grad_pass.chunk_rows(jnp.asarray(batch['image']), chunks)
     feats = jnp.stack([features(params, parts[c], keys[c]) for c in range(chunks)])
-    return head(scoring.unchunk_rows(feats), jnp.asarray(batch['label']))
+    return head(grad_pass.unchunk_rows(feats), jnp.asarray(batch['label']))
 
   cand = {p: flat[p] for p in select}
   want = jax.grad(loss)(cand, jax.random.split(jax.random.fold_in(rng, 0), chunks))

@@ -14,7 +14,7 @@ from PIL import Image
 
 from gps_jax.config_defaults import experiment_config
 from gps_jax.data import input_pipeline as ip
-from gps_jax.data import kvasir, splits
+from gps_jax.data import kvasir, kvasir_split, splits
 from gps_jax.errors import UserError
 
 MEAN = (0.4, 0.5, 0.6)
@@ -142,12 +142,12 @@ def test_mask_decoding_equals_pil_for_colour_jpeg_and_png(tmp_path):
     path = str(tmp_path / f'm{i}.jpg')
     Image.fromarray(np.clip(rgb, 0, 255).astype(np.uint8)).save(path, 'JPEG', quality=70)
     want = np.asarray(Image.open(path).convert('L')) >= kvasir.MASK_THRESHOLD
-    got = splits.decode_kvasir_mask(tf.constant(path)).numpy()
+    got = kvasir_split.decode_kvasir_mask(tf.constant(path)).numpy()
     assert got.dtype == np.uint8 and got.shape == (40, 56)
     np.testing.assert_array_equal(got, want)
   path = str(tmp_path / 'grey.png')
   Image.fromarray(np.array([[0, 127, 128, 255]] * 2, np.uint8)).save(path)
-  np.testing.assert_array_equal(splits.decode_kvasir_mask(tf.constant(path)), [[0, 0, 1, 1]] * 2)
+  np.testing.assert_array_equal(kvasir_split.decode_kvasir_mask(tf.constant(path)), [[0, 0, 1, 1]] * 2)
 
 
 # ----------------------------------------------------------------------------- open_split

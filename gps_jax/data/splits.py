@@ -41,7 +41,6 @@ import numpy as np
 import tensorflow as tf
 
 from gps_jax.data import folders
-from gps_jax.data import kvasir
 from gps_jax.data import sources
 from gps_jax.data import vtab
 from gps_jax.data.augment import hide_gpus_from_tf
@@ -170,7 +169,9 @@ def open_split(data: ml_collections.ConfigDict, role: str) -> Split:
   elif source == 'tfds':
     split = _tfds_split(data, role, n_cls)
   elif source == 'kvasir':
-    split = _kvasir_split(data, role, n_cls)
+    from gps_jax.data import kvasir_split  # it builds on Split: imported when used
+
+    split = kvasir_split.open_kvasir(data, role, n_cls)
   else:
     split = _folder_split(data, source, role, n_cls)
   return split
@@ -220,7 +221,7 @@ def _tfds_set(name: str) -> TfdsSet:
   return TFDS_SETS[name]
 
 
-def _decode_bytes(scale: int = 1) -> Callable[[tf.Tensor], tf.Tensor]:
+def decode_bytes(scale: int = 1) -> Callable[[tf.Tensor], tf.Tensor]:
   def decode(encoded: tf.Tensor) -> tf.Tensor:
     image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
     image.set_shape([None, None, 3])
@@ -335,7 +336,7 @@ def _vtab_split(data, role: str, n_cls: int) -> Split:
   def example_fn(ex):
     return {'image': ex[spec.image_key], 'label': vtab.example_label(spec, ex)}
 
-  decode = _decode_bytes(spec.image_scale)
+  decode = decode_bytes(spec.image_scale)
   return _from_builder(builder, split, f'{spec.name}:{split}', n_cls, example_fn, decode)
 
 
@@ -348,7 +349,7 @@ def _tfds_split(data, role: str, n_cls: int) -> Split:
     return {'image': ex['image'], 'label': tf.cast(ex['label'], tf.int64)}
 
   name = f'{data.name}:{split}'
-  return _from_builder(builder, split, name, n_cls, example_fn, _decode_bytes())
+  return _from_builder(builder, split, name, n_cls, example_fn, decode_bytes())
 
 
 # ----------------------------------------------------------------------------- folders
@@ -363,7 +364,7 @@ def folder_split(name: str, paths: list[str], labels, num_classes: int) -> Split
   ds = tf.data.Dataset.from_tensor_slices(
     {'image': tf.constant(paths, tf.string), 'label': labels.astype(np.int64)}
   )
-  decode = _decode_bytes()
+  decode = decode_bytes()
 
   def find_bad_example():
     for path in paths:
@@ -387,67 +388,3 @@ def _folder_split(data, source: str, role: str, n_cls: int) -> Split:
     paths, labels = folders.read_vpt_folder(root, role, data.image_dir or None)
   name = f'{os.path.basename(os.path.normpath(root))}:{role}'
   return folder_split(name, paths, labels, n_cls)
-
-
-# ----------------------------------------------------------------------------- Kvasir-SEG
-
-
-def _pil_grey(rgb: tf.Tensor) -> tf.Tensor:
-  """PIL's ``convert('L')`` of uint8 RGB, int32: (19595 R + 38470 G + 7471 B + 2^15) >> 16."""
-  x = tf.cast(rgb, tf.int32)
-  return (x[..., 0] * 19595 + x[..., 1] * 38470 + x[..., 2] * 7471 + 32768) // 65536
-
-
-def decode_kvasir_mask(path: tf.Tensor) -> tf.Tensor:
-  """uint8 (H, W) of 0 / 1: the mask file at `path`, grey >= kvasir.MASK_THRESHOLD.
-
-  Decodes as :func:`gps_jax.data.kvasir.load_pair` does (PIL), bit for bit:
-  JPEG with the accurate integer DCT (TF's default, the fast DCT, moves grey
-  values by up to about 15 levels, so edge pixels near the threshold could
-  flip), then RGB to grey with PIL's weights (decoding a colour JPEG to one
-  channel would take libjpeg's luma instead, which rounds differently).
-  """
-  data = tf.io.read_file(path)
-  rgb = tf.cond(
-    tf.io.is_jpeg(data),
-    lambda: tf.io.decode_jpeg(data, channels=3, dct_method='INTEGER_ACCURATE'),
-    lambda: tf.io.decode_image(data, channels=3, expand_animations=False),
-  )
-  rgb.set_shape([None, None, 3])
-  return tf.cast(_pil_grey(rgb) >= kvasir.MASK_THRESHOLD, tf.uint8)
-
-
-def _kvasir_split(data, role: str, n_cls: int) -> Split:
-  root = data.data_dir
-  if not root:
-    raise UserError(
-      'config.data.data_dir must name the Kvasir-SEG folder (images/ and masks/) for source '
-      '"kvasir"'
-    )
-  if data.get('synthetic_images', 0):  # the offline set (configs/polyp.py:synthetic)
-    kvasir.ensure_synthetic(root, int(data.synthetic_images), int(data.split_seed))
-  image_paths, mask_paths = kvasir.split_paths(root, role, seed=data.split_seed)
-  kvasir.check_sizes(image_paths, mask_paths)
-  ds = tf.data.Dataset.from_tensor_slices(
-    {'image': tf.constant(image_paths, tf.string), 'label': tf.constant(mask_paths, tf.string)}
-  )
-  decode = _decode_bytes()
-
-  def find_bad_example():
-    for pair in zip(image_paths, mask_paths):
-      for path in pair:
-        error = folders.image_error(path)
-        if error is not None:
-          return error
-    return None
-
-  name = f'{os.path.basename(os.path.normpath(root))}:{role}'
-  return Split(
-    name,
-    ds,
-    len(image_paths),
-    n_cls,
-    lambda p: decode(tf.io.read_file(p)),
-    find_bad_example,
-    decode_kvasir_mask,
-  )

@@ -181,6 +181,23 @@ def predict(
   return np.concatenate(predicted), np.concatenate(labels)
 
 
+def run_params(config: ml_collections.ConfigDict, run_dir: str) -> tuple[Any, dict]:
+  """(backbone, fine-tuned flat params) of the finished run of `config` in `run_dir`: the
+  config's base (its checkpoint, or the same random init, from the run's seed) with the
+  run's delta (``run_dir/checkpoint``) applied; the delta's base SHA-256 must be the base's."""
+  from gps_jax import delta as delta_lib
+
+  bb = backbone_lib.setup_backbone(config, experiment.run_keys(config.seed)[0])
+  d = delta_lib.load(os.path.join(run_dir, 'checkpoint'))
+  want = ((d.manifest or {}).get('base') or {}).get('sha256')
+  if want != bb.base_sha256:
+    raise errors.UserError(
+      f'{run_dir}: the delta was trained from a base with sha256 {want}, but '
+      f'config.model.checkpoint={config.model.checkpoint!r} has {bb.base_sha256}'
+    )
+  return bb, delta_lib.apply_to(d, {p: np.asarray(v) for p, v in bb.params.items()})
+
+
 def accuracy(
   config: ml_collections.ConfigDict, params: Mapping[str, Any], role: str = 'test', model=None
 ) -> float:

@@ -2,6 +2,7 @@
 .pth checkpoint -> task-loss selection -> sparse fine-tuning -> mDice / mIoU -> delta) on a
 generated Kvasir-SEG folder with a tiny SAM."""
 
+import importlib.util
 import json
 import os
 
@@ -11,7 +12,7 @@ import torch
 from cli_run import REPO, run_module
 from sam_refs import torch_sam
 
-from gps_jax import config_check, methods, sweep
+from gps_jax import config_check, experiment, methods, notebook, seg_figures, seg_metrics, sweep
 from gps_jax import delta as delta_lib
 from gps_jax.data import kvasir
 from gps_jax.errors import UserError
@@ -24,12 +25,15 @@ MICRO = dict(image_size=32, patch_size=8, embed_dim=16, depth=2, num_heads=2, gl
              window=2, prompt_dim=16, decoder_heads=2, decoder_mlp_dim=32, iou_head_hidden=8)  # fmt: skip
 
 
-def _load_polyp(arg=None):
-  import importlib.util
-
-  spec = importlib.util.spec_from_file_location('polyp_config', os.path.join(REPO, 'configs', 'polyp.py'))
+def _module(relative: str):
+  spec = importlib.util.spec_from_file_location(relative.replace('/', '_')[:-3], os.path.join(REPO, relative))
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
+  return module
+
+
+def _load_polyp(arg=None):
+  module = _module('configs/polyp.py')
   return module, module.get_config(arg)
 
 
@@ -106,3 +110,30 @@ def test_polyp_run_from_an_official_pth_on_generated_data(tmp_path):
   assert not np.array_equal(tuned['mask_decoder/iou_token'], base['mask_decoder/iou_token'])
   pe = 'prompt_encoder/pe_layer/positional_encoding_gaussian_matrix'
   np.testing.assert_array_equal(tuned[pe], base[pe])
+  # tools/polyp_figure.py rebuilds the run from the .pth and the delta: its predictions on
+  # the test split have the run's mDice and mIoU.
+  cfg = method_config(c, 'gps')
+  bb, params = notebook.run_params(cfg, str(tmp_path / 'run' / 'gps'))
+  _, batches = experiment.eval_batches(cfg, 'test')
+  images, targets, preds = seg_figures.predict_masks(cfg, bb.model, params, batches())
+  assert len(targets) == 2  # 10 % of 20
+  assert seg_metrics.mean_dice(preds, targets) == pytest.approx(gps['test_dice'], abs=1e-6)
+  assert seg_metrics.mean_iou(preds, targets) == pytest.approx(gps['test_iou'], abs=1e-6)
+  assert images.min() >= 0.0 and images.max() <= 1.0
+  fig = seg_figures.overlay_figure(images, targets, {'gps': preds})
+  assert len(fig.axes) == 2 * 3
+
+
+def test_overlay_figure_marks_the_masks_and_titles_their_dice():
+  images = np.full((2, 6, 6, 3), 0.5, np.float32)
+  target = np.zeros((2, 6, 6), bool)
+  target[:, 1:4, 1:4] = True
+  pred = np.zeros_like(target)
+  pred[0, 1:4, 1:3] = True  # 6 of the 9 target pixels: Dice 12 / 15
+  fig = seg_figures.overlay_figure(images, target, {'gps': pred}, title='t')
+  axes = fig.axes
+  assert [a.get_title() for a in axes[:3]] == ['image', 'ground truth', 'gps: Dice 0.80']
+  assert axes[5].get_title() == 'gps: Dice 0.00'
+  shown = axes[1].get_images()[0].get_array()
+  np.testing.assert_allclose(shown[2, 2], 0.55 * 0.5 + 0.45 * np.asarray(seg_figures.GT_COLOUR), atol=1e-6)
+  np.testing.assert_allclose(shown[0, 0], 0.5)

@@ -103,7 +103,7 @@ def get(name: str) -> Method:
 def _family(config: ml_collections.ConfigDict):
   from gps_jax.models.registry import family_of  # the registry imports the models
 
-  return family_of(config.model)
+  return family_of(config.get('model'))  # no model section: the default family (ViT)
 
 
 def rules(config: ml_collections.ConfigDict) -> Rules:

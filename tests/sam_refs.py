@@ -10,6 +10,10 @@ from segment_anything import modeling as sam_torch_lib
 # Windowed blocks whose 10 x 10 grid is padded to 12 x 12 (window 4), and two global blocks.
 TINY = dict(image_size=80, patch_size=8, embed_dim=32, depth=4, num_heads=2, global_blocks=(1, 3),
             window=4, prompt_dim=32, decoder_heads=2, decoder_mlp_dim=64, iou_head_hidden=24)  # fmt: skip
+# Smaller still, for the tests that train or differentiate (their compiles dominate): 32 px,
+# a 4 x 4 token grid in 2 x 2 windows, two blocks (one global).
+MICRO = dict(image_size=32, patch_size=8, embed_dim=16, depth=2, num_heads=2, global_blocks=(1,),
+             window=2, prompt_dim=16, decoder_heads=2, decoder_mlp_dim=32, iou_head_hidden=8)  # fmt: skip
 
 
 def torch_sam(c: dict, seed: int = 0):

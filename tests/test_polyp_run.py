@@ -9,20 +9,18 @@ import os
 import numpy as np
 import pytest
 import torch
-from cli_run import REPO, run_module
-from sam_refs import torch_sam
+from cli_run import REPO
+from sam_refs import MICRO, torch_sam
 
 from gps_jax import config_check, experiment, methods, notebook, seg_figures, seg_metrics, sweep
 from gps_jax import delta as delta_lib
-from gps_jax.data import kvasir
+from gps_jax.data import kvasir, splits
 from gps_jax.errors import UserError
 from gps_jax.models import sam_torch
 from gps_jax.models.sam import SAM
 from gps_jax.sweep import method_config
 
-# A SAM small enough for a test: 32 px, a 4 x 4 token grid, two blocks (one global).
-MICRO = dict(image_size=32, patch_size=8, embed_dim=16, depth=2, num_heads=2, global_blocks=(1,),
-             window=2, prompt_dim=16, decoder_heads=2, decoder_mlp_dim=32, iou_head_hidden=8)  # fmt: skip
+
 
 
 def _module(relative: str):
@@ -59,14 +57,23 @@ def test_the_paper_recipe(tmp_path):
   assert compare.compare_methods == ('gps', 'full', 'linear', 'bitfit', 'lora', 'ssf', 'adapter')
 
 
-def test_command_line_without_the_data_folder_is_one_line(tmp_path):
-  proc = run_module('gps_jax.main', '--config=configs/polyp.py', f'--workdir={tmp_path}',
-                    '--config.model.require_checkpoint=False')  # fmt: skip
-  assert proc.returncode == 1
-  assert proc.stderr.strip().splitlines()[-1] == (
-    'error: config.data.data_dir must name the Kvasir-SEG folder (images/ and masks/) for '
-    'source "kvasir"'
-  )
+def test_without_the_data_folder_the_error_names_the_key():
+  _, c = _load_polyp()
+  with pytest.raises(UserError, match=r'^config\.data\.data_dir must name the Kvasir-SEG folder'):
+    splits.open_split(c.data, 'train')
+
+
+def test_the_comparison_table_shows_every_test_metric():
+  row = dict(trainable_without_head=10, share_without_head_pct=1.0, selection_seconds=1.0,
+             train_seconds=2.0, metric='dice', seed=0)  # fmt: skip
+  rows = [
+    {**row, 'method': 'gps', 'test_dice': 0.5, 'test_iou': 0.25, 'best_val_dice': 0.4},
+    {**row, 'method': 'linear', 'test_dice': 0.3, 'test_iou': 0.125, 'best_val_dice': 0.2},
+  ]
+  lines = sweep.format_comparison(rows).splitlines()
+  assert lines[0].split()[:8] == ['method', 'seeds', 'test', 'dice', '%', 'test', 'iou', '%']
+  assert lines[1].split()[:5] == ['gps', '1', '50.00', '25.00', '40.00']
+  assert lines[2].split()[:5] == ['linear', '1', '30.00', '12.50', '20.00']
 
 
 @pytest.mark.slow
@@ -84,18 +91,15 @@ def test_polyp_run_from_an_official_pth_on_generated_data(tmp_path):
   c.data.batch_size, c.data.eval_batch_size = 4, 4
   c.train.steps = 3
   c.train.eval_untuned = True
-  c.compare_methods = ('gps', 'linear')
   c.gps.save_scores = False
-  rows = sweep.run_config(c, str(tmp_path / 'run'))
+  rows = sweep.run_config(c, str(tmp_path / 'run' / 'gps'))
   gps = json.load(open(tmp_path / 'run' / 'gps' / 'results.json'))
   assert gps['metric'] == 'dice' and gps['splits']['test'] == 'kvasir:test'
   for key in ('test_dice', 'test_iou', 'best_val_dice'):
     assert 0.0 <= gps[key] <= 1.0
   assert set(gps['untuned']) == {'val_dice', 'val_iou', 'test_dice', 'test_iou'}
   assert gps['selection']['batches'] == 4  # one pass of 16 training images in batches of 4
-  table = open(tmp_path / 'run' / 'comparison.txt').read()
-  assert 'test dice %' in table and 'test iou %' in table and 'linear' in table
-  assert [r['method'] for r in rows] == ['gps', 'linear']
+  assert [r['method'] for r in rows] == ['gps']
   # The delta applied to the .pth's parameters gives the fine-tuned model: K = 1 entry per
   # neuron moved in the encoder's selected kernels, the decoder trained in full.
   d = delta_lib.load(str(tmp_path / 'run' / 'gps' / 'checkpoint'))

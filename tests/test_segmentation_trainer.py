@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
-from sam_refs import TINY, torch_sam
+from sam_refs import MICRO, torch_sam
 
 from gps_jax import roles as roles_lib
 from gps_jax import seg_metrics, tasks, trainer
@@ -60,10 +60,10 @@ def _config(mode: str):
 def setup(tmp_path_factory):
   root = str(tmp_path_factory.mktemp('kvasir'))
   kvasir.write_synthetic(root, 6, seed=0)
-  images, masks, _ = kvasir.load_split(root, 'train', TINY['image_size'], seed=0)
-  model = SAM(**TINY)
+  images, masks, _ = kvasir.load_split(root, 'train', MICRO['image_size'], seed=0)
+  model = SAM(**MICRO)
   params = sam_torch.sam_params_from_torch(
-    {k: v.detach().numpy() for k, v in torch_sam(TINY).state_dict().items()}, model
+    {k: v.detach().numpy() for k, v in torch_sam(MICRO).state_dict().items()}, model
   )
   roles = roles_lib.assign_roles(params, GPS_ROLE_RULES)
   rng = np.random.default_rng(1)

@@ -50,19 +50,25 @@ def torch_sam(c: dict, seed: int = 0):
   return sam.eval()
 
 
+def torch_one(sam, image: np.ndarray):
+  """(image embedding [1, C, h, w], mask-0 logits [1, 1, 4h, 4w], IoU [1, 1]) of one HWC image,
+  with no prompt, as the polyp experiment calls SAM (autograd follows it, unless disabled)."""
+  x = torch.from_numpy(image.transpose(2, 0, 1)[None])
+  emb = sam.image_encoder(x)
+  sparse, dense = sam.prompt_encoder(points=None, boxes=None, masks=None)
+  masks, iou = sam.mask_decoder(
+    image_embeddings=emb, image_pe=sam.prompt_encoder.get_dense_pe(),
+    sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense, multimask_output=False,
+  )  # fmt: skip
+  return emb, masks, iou
+
+
 def torch_forward(sam, images: np.ndarray):
-  """(image embeddings NHWC, mask-0 logits [B, 4h, 4w], IoU of mask 0) one image at a time,
-  with no prompt, as the polyp experiment calls SAM."""
+  """(image embeddings NHWC, mask-0 logits [B, 4h, 4w], IoU of mask 0) one image at a time."""
   embs, masks, ious = [], [], []
   with torch.no_grad():
     for image in images:
-      x = torch.from_numpy(image.transpose(2, 0, 1)[None])
-      emb = sam.image_encoder(x)
-      sparse, dense = sam.prompt_encoder(points=None, boxes=None, masks=None)
-      m, iou = sam.mask_decoder(
-        image_embeddings=emb, image_pe=sam.prompt_encoder.get_dense_pe(),
-        sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense, multimask_output=False,
-      )  # fmt: skip
+      emb, m, iou = torch_one(sam, image)
       embs.append(emb[0].permute(1, 2, 0).numpy())
       masks.append(m[0, 0].numpy())
       ious.append(iou[0, 0].item())

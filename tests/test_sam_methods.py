@@ -7,7 +7,7 @@ import jax
 import numpy as np
 import pytest
 import torch
-from sam_refs import MICRO, TINY, state_dict, torch_sam
+from sam_refs import MICRO, TINY, state_dict, torch_one, torch_sam
 
 from gps_jax import factors, methods, scoring, tasks
 from gps_jax import roles as roles_lib
@@ -128,13 +128,7 @@ def _torch_task_loss_grads(sam, batches):
   for images, masks in batches:
     loss = 0.0
     for image, mask in zip(images, masks):
-      x = torch.from_numpy(image.transpose(2, 0, 1)[None])
-      emb = sam.image_encoder(x)
-      sparse, dense = sam.prompt_encoder(points=None, boxes=None, masks=None)
-      low, _ = sam.mask_decoder(
-        image_embeddings=emb, image_pe=sam.prompt_encoder.get_dense_pe(),
-        sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense, multimask_output=False,
-      )  # fmt: skip
+      _, low, _ = torch_one(sam, image)
       logits = torch.nn.functional.interpolate(low, size=mask.shape, mode='bilinear', align_corners=False)
       t = torch.from_numpy(mask.astype(np.float32))[None, None]
       bce = torch.nn.functional.binary_cross_entropy_with_logits(logits, t)

@@ -30,6 +30,7 @@ from typing import Sequence
 from gps_jax import errors
 from gps_jax import files
 from gps_jax import metrics
+from gps_jax import mask_plots
 from gps_jax import plots
 
 RESULTS = 'results.json'
@@ -134,7 +135,7 @@ def report(workdir: str, out: str = '') -> list[str]:
     if results[run].get('k') is not None and os.path.isfile(stats_path):
       name = 'mask_' + (labels[run].replace('/', '_') or results[run]['method']) + '.png'
       title = f'{labels[run] or results[run]["method"]}: trainable share'
-      path = plots.plot_mask_shares(_read_json(stats_path), os.path.join(out, name), title)
+      path = mask_plots.plot_mask_shares(_read_json(stats_path), os.path.join(out, name), title)
       figures.append((f'Selected share: {labels[run] or results[run]["method"]}', path))
   points = share_points(list(results.values()))
   if len(points) > 1:

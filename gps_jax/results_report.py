@@ -77,7 +77,7 @@ def write_report(
 def write_plots(out: str, s: rt.Summary, runs: Sequence[dict]) -> list[str]:
   """The figures of the summary `s` of `runs` under `out`/plots; their file names."""
   try:
-    from gps_jax import plots
+    from gps_jax import mask_plots, plots
   except ImportError as e:  # the tables are written already
     raise UserError(
       f'the plots need matplotlib ({e}): pip install matplotlib, or --no-plots'
@@ -103,7 +103,7 @@ def write_plots(out: str, s: rt.Summary, runs: Sequence[dict]) -> list[str]:
       with open(path) as f:
         stats = json.load(f)
       name = f'mask_{r["task"]}_{r["method"]}_seed_{r["seed"]}.png'
-      plots.plot_mask_shares(
+      mask_plots.plot_mask_shares(
         stats, os.path.join(pdir, name), title=f'{r["task"]} / {r["method"]} / seed {r["seed"]}'
       )
       names.append(name)

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from gps_jax import mask_stats
+from gps_jax import mask_plots
 from gps_jax import plots
 from gps_jax import roles as roles_lib
 from gps_jax import tree as tree_lib
@@ -86,27 +87,27 @@ def test_layer_kinds_of_the_three_families(name, variant, want):
   leaves = _leaves(name, variant)
   assert set(want) <= set(leaves)  # the names above are the models' real ones
   for path, kind in want.items():
-    assert plots.layer_kind(path) == kind, path
+    assert mask_plots.layer_kind(path) == kind, path
   # Every leaf of the three backbones has a kind of its own: none falls through to 'other'.
-  assert [p for p in leaves if plots.layer_kind(p) == 'other'] == []
+  assert [p for p in leaves if mask_plots.layer_kind(p) == 'other'] == []
 
 
 def test_added_modules_of_the_baselines_are_their_own_kind():
-  assert plots.layer_kind('Transformer/encoderblock_0/adapter_mlp/down/kernel') == 'adapter'
-  assert plots.layer_kind('Transformer/encoderblock_0/MlpBlock_3/Dense_0/lora_a') == 'LoRA'
-  assert plots.layer_kind('layers_0/blocks_0/mlp/fc1/ssf_scale') == 'SSF scale/shift'
-  assert plots.layer_kind('Transformer/encoderblock_3/prompts') == 'prompts'
-  assert plots.layer_kind('some/new/thing') == 'other'
+  assert mask_plots.layer_kind('Transformer/encoderblock_0/adapter_mlp/down/kernel') == 'adapter'
+  assert mask_plots.layer_kind('Transformer/encoderblock_0/MlpBlock_3/Dense_0/lora_a') == 'LoRA'
+  assert mask_plots.layer_kind('layers_0/blocks_0/mlp/fc1/ssf_scale') == 'SSF scale/shift'
+  assert mask_plots.layer_kind('Transformer/encoderblock_3/prompts') == 'prompts'
+  assert mask_plots.layer_kind('some/new/thing') == 'other'
 
 
 def test_block_labels_and_their_order():
-  assert plots.block_label('Transformer/encoderblock_11/MlpBlock_3/Dense_0/kernel') == (
+  assert mask_plots.block_label('Transformer/encoderblock_11/MlpBlock_3/Dense_0/kernel') == (
     'encoderblock_11'
   )
-  assert plots.block_label('layers_2/blocks_5/attn/qkv/kernel') == 'layers_2/blocks_5'
-  assert plots.block_label('stages_1/downsample/conv/kernel') == 'stages_1/downsample'
-  assert plots.block_label('stem/conv/kernel') == 'stem'
-  assert plots.block_label('Transformer/encoder_norm/scale') == 'encoder_norm'
+  assert mask_plots.block_label('layers_2/blocks_5/attn/qkv/kernel') == 'layers_2/blocks_5'
+  assert mask_plots.block_label('stages_1/downsample/conv/kernel') == 'stages_1/downsample'
+  assert mask_plots.block_label('stem/conv/kernel') == 'stem'
+  assert mask_plots.block_label('Transformer/encoder_norm/scale') == 'encoder_norm'
   stats = {
     'leaves': {
       p: {'role': 'freeze', 'params': 1, 'trainable': 0}
@@ -119,12 +120,12 @@ def test_block_labels_and_their_order():
       )
     }
   }
-  blocks = list(plots.mask_shares(stats)['blocks'])
+  blocks = list(mask_plots.mask_shares(stats)['blocks'])
   assert blocks == ['embedding', 'cls', 'encoderblock_2', 'encoderblock_10', 'encoder_norm']
 
 
 def test_mask_shares_count_selected_and_trained_entries(vit_stats):
-  shares = plots.mask_shares(vit_stats)
+  shares = mask_plots.mask_shares(vit_stats)
   kinds = shares['kinds']
   # ViT-Ti: width 192, K=2: each of the 192 query neurons keeps 2 of its 192 inputs, the
   # (3, 64) query bias trains whole; the MLP's first layer has 768 neurons.
@@ -132,15 +133,15 @@ def test_mask_shares_count_selected_and_trained_entries(vit_stats):
                              'trained': 2 * 192}  # fmt: skip
   assert kinds['MLP fc1']['selected'] == 2 * 768 * 2 and kinds['MLP fc1']['trained'] == 2 * 768
   assert kinds['norm']['selected'] == kinds['norm']['trained'] == 0
-  assert 'head' not in kinds and 'head' in plots.mask_shares(vit_stats, include_head=True)['kinds']
+  assert 'head' not in kinds and 'head' in mask_plots.mask_shares(vit_stats, include_head=True)['kinds']
   assert list(shares['blocks'])[:4] == ['embedding', 'cls', 'posembed_input', 'encoderblock_0']
   total = sum(b['selected'] + b['trained'] for b in shares['blocks'].values())
   assert total == vit_stats['backbone_trainable']
 
 
 def test_plot_mask_shares_png(vit_stats, tmp_path):
-  path = plots.plot_mask_shares(vit_stats, str(tmp_path / 'm' / 'mask.png'), title='ViT-Ti')
-  assert _png_size(path) == plots.figure_size_px(plots.MASK_FIGSIZE) == (1300, 500)
+  path = mask_plots.plot_mask_shares(vit_stats, str(tmp_path / 'm' / 'mask.png'), title='ViT-Ti')
+  assert _png_size(path) == plots.figure_size_px(mask_plots.MASK_FIGSIZE) == (1300, 500)
 
 
 def test_plot_accuracy_vs_k_png(tmp_path):

@@ -22,6 +22,7 @@ from gps_jax import tasks
 from gps_jax import tree as tree_lib
 from gps_jax import weights
 from gps_jax.config_defaults import VIT_B16_I21K_FILE
+from gps_jax.data import input_pipeline as pipeline
 from gps_jax.data import splits as splits_lib
 from gps_jax.errors import UserError
 from gps_jax.metrics import say
@@ -86,6 +87,20 @@ def model_config_of(config: ml_collections.ConfigDict, num_classes: int) -> dict
   if config.train.remat:  # rematerialised blocks: the same parameters and values
     model_config['remat'] = config.train.remat
   return model_config
+
+
+def image_fns(config: ml_collections.ConfigDict):
+  """(train image fn, eval image fn) that feed the model: config.data.recipe at
+  config.model.image_size, normalised with the model's mean / std."""
+  return pipeline.recipe_image_fns(
+    config.data.recipe,
+    config.model.image_size,
+    tuple(config.model.mean),
+    tuple(config.model.std),
+    resize_size=config.data.resize_size or None,
+    train_interpolation=config.data.train_interpolation,
+    eval_interpolation=config.data.eval_interpolation,
+  )
 
 
 def run_task(config: ml_collections.ConfigDict, num_classes: int):

@@ -69,24 +69,11 @@ class Durations:
     )
 
 
-def image_fns(config: ml_collections.ConfigDict):
-  """(train image fn, eval image fn) of the config's data recipe."""
-  return pipeline.recipe_image_fns(
-    config.data.recipe,
-    config.model.image_size,
-    tuple(config.model.mean),
-    tuple(config.model.std),
-    resize_size=config.data.resize_size or None,
-    train_interpolation=config.data.train_interpolation,
-    eval_interpolation=config.data.eval_interpolation,
-  )
-
-
 def eval_batches(config: ml_collections.ConfigDict, role: str):
   """(the split's name, a function that gives one pass of its eval batches) of the split
   `role` ('val', 'test' or a split name) of the configured data set."""
   split = splits_lib.open_split(config.data, role)
-  _, eval_image = image_fns(config)
+  _, eval_image = backbone_lib.image_fns(config)
   return split.name, lambda: pipeline.eval_batches(
     split,
     batch_size=config.data.eval_batch_size,
@@ -99,7 +86,7 @@ def eval_batches(config: ml_collections.ConfigDict, role: str):
 
 def make_iterators(config: ml_collections.ConfigDict, train_split, start_step: int, seed: int):
   """Stage 3: (train iterator, eval sets, final sets, split names) of the run."""
-  train_image, _ = image_fns(config)
+  train_image, _ = backbone_lib.image_fns(config)
   split_names = {'train': train_split.name}
 
   def eval_maker(name, role):

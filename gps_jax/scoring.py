@@ -36,6 +36,7 @@ import optax
 
 from gps_jax import roles as roles_lib
 from gps_jax import sharding as shard_lib
+from gps_jax import tasks
 from gps_jax.grad_pass import GradFn, LossFn, accumulate, chunked_grad, make_grad_step, plain_grad
 from gps_jax.losses import l2_normalize, supcon_loss
 
@@ -197,7 +198,7 @@ def accumulate_task_loss_scores(
   the task trains against), model in training mode, batch i with the rng fold_in(rng, i)."""
   if task is None or not hasattr(task, 'loss'):
     raise ValueError('the task_loss score needs the task of the run')
-  if getattr(task, 'metric', '') == 'accuracy':
+  if isinstance(task, tasks.Classification):
     raise ValueError(
       "config.gps.score='task_loss' on a classifier: its new head passes no gradient back to "
       "the backbone; use 'supcon' or 'head_ce'"

@@ -69,12 +69,10 @@ def select_indices(
 
     def batches():
       if source in scoring.SINGLE_VIEW:  # one pass of training batches, the task's labels
-        from gps_jax.experiment import image_fns  # noqa: PLC0415 (experiment imports this)
-
         return pipeline.one_pass_batches(
           train_split,
           batch_size=config.gps.batch_size or config.data.batch_size,
-          image_fn=image_fns(config)[0],
+          image_fn=backbone_lib.image_fns(config)[0],
           seed=data_seed,
           label_size=config.model.image_size,
           **backbone_lib.processes(),

@@ -1,18 +1,18 @@
-"""Tests for gps_jax.data.folders (VTAB-1k / VPT readers) and folder splits in the pipeline."""
+"""Folder splits in the input pipeline: folder_split holds paths, not pixels, with labels
+checked against the class count; eval and train batches decode the files (every file once,
+padded, for evaluation; normalised like the in-memory pipeline; deterministic per seed for
+training); a batch larger than the split, an undecodable or a missing image is an error."""
 
-import json
 import os
 
 import numpy as np
 import pytest
 import tensorflow as tf  # Imported at collection so no test pays the import.
+from folder_refs import COLOUR, IMAGES, LABELS, abs_paths, constant_rgb, write_vtab_root
 from PIL import Image
+from pipeline_refs import take
 
-from gps_jax.data.folders import (
-  check_num_classes,
-  read_vpt_folder,
-  read_vtab_folder,
-)
+from gps_jax.data.folders import check_num_classes, read_vtab_folder
 from gps_jax.data.input_pipeline import (
   eval_batches,
   recipe_image_fns,
@@ -22,229 +22,12 @@ from gps_jax.data.input_pipeline import (
 from gps_jax.data.pipeline import preprocess
 from gps_jax.data.splits import folder_split
 
-COLOUR = (51, 102, 153)  # / 255 = (0.2, 0.4, 0.6)
 HALF = (0.5, 0.5, 0.5)
-
-
-def save(path, array, fmt):
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  Image.fromarray(np.asarray(array, np.uint8)).save(path, fmt)
-
-
-def constant_rgb(h, w, colour=COLOUR):
-  return np.broadcast_to(np.asarray(colour, np.uint8), (h, w, 3))
-
-
-def noise(h, w, seed, gray=False):
-  rng = np.random.default_rng(seed)
-  return rng.integers(0, 256, (h, w) if gray else (h, w, 3), dtype=np.uint8)
-
-
-# Six images: (relative path, array, format). Sizes differ; one is grayscale; one
-# path contains a space.
-IMAGES = [
-  ('images/a/0.png', constant_rgb(20, 30), 'PNG'),
-  ('images/a/1.jpg', noise(17, 11, 1), 'JPEG'),
-  ('images/b/two words.png', noise(8, 8, 2), 'PNG'),
-  ('images/b/3.png', np.full((13, 9), 51, np.uint8), 'PNG'),  # grayscale
-  ('images/c/4.jpg', noise(40, 25, 4), 'JPEG'),
-  ('images/c/5.png', constant_rgb(5, 7, (0, 255, 10)), 'PNG'),
-]
-LABELS = [0, 1, 2, 3, 1, 0]
-
-
-def write_images(root):
-  for rel, array, fmt in IMAGES:
-    save(os.path.join(root, rel), array, fmt)
 
 
 @pytest.fixture
 def vtab_root(tmp_path):
-  root = str(tmp_path / 'vtab')
-  write_images(root)
-  rows = [f'{rel} {label}' for (rel, _, _), label in zip(IMAGES, LABELS)]
-  files = {
-    'train800.txt': rows[:3],
-    'val200.txt': rows[3:4],
-    'train800val200.txt': rows[:4],
-    'test.txt': ['', *rows[4:], '   ', ''],  # blank lines are skipped
-  }
-  for name, lines in files.items():
-    with open(os.path.join(root, name), 'w') as f:
-      f.write('\n'.join(lines) + '\n')
-  return root
-
-
-@pytest.fixture
-def vpt_root(tmp_path):
-  root = str(tmp_path / 'vpt')
-  write_images(os.path.join(root, 'images'))
-  pairs = [(rel, label) for (rel, _, _), label in zip(IMAGES, LABELS)]
-  for name, part in (('train', pairs[:3]), ('val', pairs[3:4]), ('test', pairs[4:])):
-    with open(os.path.join(root, f'{name}.json'), 'w') as f:
-      json.dump(dict(part), f)
-  return root
-
-
-def abs_paths(base, rels):
-  return [os.path.abspath(os.path.join(base, r)) for r in rels]
-
-
-# ----------------------------------------------------------------------------- VTAB readers
-
-
-@pytest.mark.parametrize(
-  'split,alias,sl',
-  [
-    ('train800', 'train', slice(0, 3)),
-    ('val200', 'val', slice(3, 4)),
-    ('train800val200', 'trainval', slice(0, 4)),
-    ('test', None, slice(4, 6)),
-  ],
-)
-def test_vtab_splits_and_aliases(vtab_root, split, alias, sl):
-  rels = [rel for rel, _, _ in IMAGES][sl]
-  for name in (split, alias) if alias else (split,):
-    paths, labels = read_vtab_folder(vtab_root, name, check_files=True)
-    assert paths == abs_paths(vtab_root, rels)
-    assert all(os.path.isabs(p) and os.path.isfile(p) for p in paths)
-    assert labels.dtype == np.int32
-    np.testing.assert_array_equal(labels, LABELS[sl])
-
-
-def test_vtab_unknown_split(vtab_root):
-  with pytest.raises(ValueError, match="unknown VTAB-1k split 'dev'"):
-    read_vtab_folder(vtab_root, 'dev')
-
-
-@pytest.mark.parametrize(
-  'bad_line,pattern',
-  [
-    ('images/a/0.png', 'expected "relative/path label"'),
-    ('images/a/0.png abc', "label 'abc' is not an integer"),
-    ('images/a/0.png -3', 'negative label -3'),
-    ('images/a/0.png 1.5', "label '1.5' is not an integer"),
-  ],
-)
-def test_vtab_bad_line_names_file_and_line(vtab_root, bad_line, pattern):
-  ann = os.path.join(vtab_root, 'val200.txt')
-  with open(ann, 'w') as f:
-    f.write('images/b/3.png 3\n\nimages/a/1.jpg 1\n' + bad_line + '\n')
-  with pytest.raises(ValueError) as info:
-    read_vtab_folder(vtab_root, 'val')
-  message = str(info.value)
-  assert message.startswith(f'{ann}:4: ')  # 1-based, blank line counted
-  assert pattern in message
-  assert repr(bad_line) in message
-
-
-def test_vtab_missing_annotation_file(vtab_root):
-  os.remove(os.path.join(vtab_root, 'test.txt'))
-  with pytest.raises(FileNotFoundError) as info:
-    read_vtab_folder(vtab_root, 'test')
-  assert os.path.join(vtab_root, 'test.txt') in str(info.value)
-  assert 'GPS/SSF layout' in str(info.value)
-  assert 'train800val200.txt' in str(info.value)
-
-
-def test_vtab_empty_annotation_file(vtab_root):
-  open(os.path.join(vtab_root, 'val200.txt'), 'w').close()
-  with pytest.raises(ValueError, match='no examples'):
-    read_vtab_folder(vtab_root, 'val200')
-
-
-def test_vtab_check_files_names_missing_image(vtab_root):
-  os.remove(os.path.join(vtab_root, 'images/c/5.png'))
-  paths, _ = read_vtab_folder(vtab_root, 'test')  # Not checked by default.
-  assert len(paths) == 2
-  with pytest.raises(FileNotFoundError) as info:
-    read_vtab_folder(vtab_root, 'test', check_files=True)
-  message = str(info.value)
-  ann = os.path.join(vtab_root, 'test.txt')
-  assert message.startswith(f'{ann}:3: ')
-  assert os.path.abspath(os.path.join(vtab_root, 'images/c/5.png')) in message
-
-
-# ----------------------------------------------------------------------------- VPT readers
-
-
-@pytest.mark.parametrize(
-  'split,sl', [('train', slice(0, 3)), ('val', slice(3, 4)), ('test', slice(4, 6))]
-)
-def test_vpt_splits(vpt_root, split, sl):
-  paths, labels = read_vpt_folder(vpt_root, split, image_dir='images', check_files=True)
-  assert paths == abs_paths(os.path.join(vpt_root, 'images'), [r for r, _, _ in IMAGES][sl])
-  assert labels.dtype == np.int32
-  np.testing.assert_array_equal(labels, LABELS[sl])
-
-
-def test_vpt_trainval_is_train_then_val(vpt_root):
-  train = read_vpt_folder(vpt_root, 'train', 'images')
-  val = read_vpt_folder(vpt_root, 'val', 'images')
-  paths, labels = read_vpt_folder(vpt_root, 'trainval', 'images')
-  assert paths == train[0] + val[0]
-  np.testing.assert_array_equal(labels, np.concatenate([train[1], val[1]]))
-
-
-def test_vpt_image_dir_defaults_to_root_and_accepts_absolute(vpt_root):
-  paths, _ = read_vpt_folder(vpt_root, 'test')
-  assert paths == abs_paths(vpt_root, ['images/c/4.jpg', 'images/c/5.png'])
-  absolute = os.path.join(vpt_root, 'images')
-  paths, _ = read_vpt_folder(vpt_root, 'test', image_dir=absolute)
-  assert paths == abs_paths(absolute, ['images/c/4.jpg', 'images/c/5.png'])
-
-
-def test_vpt_unknown_split(vpt_root):
-  with pytest.raises(ValueError, match="unknown VPT split 'train800'"):
-    read_vpt_folder(vpt_root, 'train800')
-
-
-def test_vpt_malformed_json_names_file_line_and_column(vpt_root):
-  ann = os.path.join(vpt_root, 'val.json')
-  with open(ann, 'w') as f:
-    f.write('{\n  "a.jpg": 1,\n  "b.jpg" 2\n}\n')
-  with pytest.raises(ValueError) as info:
-    read_vpt_folder(vpt_root, 'trainval')
-  message = str(info.value)
-  assert message.startswith(f'{ann}: malformed JSON')
-  assert 'line 3 column' in message
-
-
-@pytest.mark.parametrize('value', ['"3"', '1.5', 'true', 'null', '-1'])
-def test_vpt_bad_label_names_file_and_key(vpt_root, value):
-  ann = os.path.join(vpt_root, 'test.json')
-  with open(ann, 'w') as f:
-    f.write('{"ok.jpg": 0, "dir/bad one.jpg": ' + value + '}')
-  with pytest.raises(ValueError) as info:
-    read_vpt_folder(vpt_root, 'test')
-  assert str(info.value).startswith(f'{ann}: ')
-  assert "'dir/bad one.jpg'" in str(info.value)
-
-
-def test_vpt_not_an_object_duplicate_key_and_missing_file(vpt_root):
-  ann = os.path.join(vpt_root, 'test.json')
-  with open(ann, 'w') as f:
-    f.write('[["a.jpg", 1]]')
-  with pytest.raises(ValueError, match='expected a JSON object'):
-    read_vpt_folder(vpt_root, 'test')
-  with open(ann, 'w') as f:
-    f.write('{"a.jpg": 1, "a.jpg": 2}')
-  with pytest.raises(ValueError, match="duplicate key 'a.jpg'"):
-    read_vpt_folder(vpt_root, 'test')
-  os.remove(os.path.join(vpt_root, 'val.json'))
-  with pytest.raises(FileNotFoundError, match='VPT layout') as info:
-    read_vpt_folder(vpt_root, 'trainval')
-  assert os.path.join(vpt_root, 'val.json') in str(info.value)
-
-
-def test_vpt_check_files_names_missing_image(vpt_root):
-  missing = os.path.join(vpt_root, 'images', 'images/a/1.jpg')
-  os.remove(missing)
-  with pytest.raises(FileNotFoundError) as info:
-    read_vpt_folder(vpt_root, 'train', 'images', check_files=True)
-  message = str(info.value)
-  assert message.startswith(os.path.join(vpt_root, 'train.json') + ': ')
-  assert missing in message and "'images/a/1.jpg'" in message
+  return write_vtab_root(str(tmp_path / 'vtab'))
 
 
 # ----------------------------------------------------------------------------- labels
@@ -351,10 +134,6 @@ def test_fgvc_recipe_batches_files_of_different_sizes(vtab_root):
   batch = next(_train(paths, labels, batch_size=6, image_size=8, seed=0, recipe='fgvc'))
   assert batch['image'].shape == (6, 8, 8, 3) and np.isfinite(batch['image']).all()
   np.testing.assert_array_equal(np.sort(batch['label']), np.sort(labels))
-
-
-def take(it, k):
-  return [next(it) for _ in range(k)]
 
 
 def test_training_is_deterministic_per_seed_and_drops_remainder(vtab_root):

@@ -1,9 +1,8 @@
-"""Tests of gps_jax.models.convnext against timm's PyTorch ConvNeXt (CPU) as the reference.
-
-timm models get random non-trivial values for every parameter (weights ~ N(0, 1/fan_in),
-biases ~ N(0, 0.1^2), norm scales and layer-scale gammas ~ U(0.5, 1.5)), go through a
-.safetensors file like a downloaded checkpoint, are converted, and the Flax model must give
-the same logits and pre-logits features to 1e-4 in float32.
+"""The ConvNeXt model against timm's PyTorch ConvNeXt (CPU) as the reference: its parameter
+layout and counts, init, configs, drop-path and GPS roles, and the same logits and pre-logits
+features as timm to 1e-4 in float32 on the same random weights (tests/timm_refs.py makes them).
+Reading timm state dicts (array layout, heads, errors) is the job of
+tests/test_convnext_checkpoints.py.
 """
 
 import functools
@@ -14,10 +13,23 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-torch = pytest.importorskip('torch')
+pytest.importorskip('torch')
+pytest.importorskip('safetensors')
 timm_convnext = pytest.importorskip('timm.models.convnext')
-safetensors_numpy = pytest.importorskip('safetensors.numpy')
-safetensors_torch = pytest.importorskip('safetensors.torch')
+
+from timm_refs import (  # noqa: E402
+  CONVNEXT_SMALL as SMALL,
+  CONVNEXT_SMALL_IMAGE as SMALL_IMAGE,
+  TOL,
+  convnext_images as images,
+  convnext_small,
+  convnext_timm_model as timm_model,
+  flax_outputs,
+  init_shapes as param_shapes,
+  max_diff,
+  through_safetensors as via_safetensors,
+  timm_outputs,
+)
 
 from gps_jax import roles as roles_lib  # noqa: E402
 from gps_jax import tree as tree_lib  # noqa: E402
@@ -34,81 +46,11 @@ from gps_jax.models.convnext import (  # noqa: E402
 )
 from gps_jax.models.convnext_timm import convnext_params_from_timm  # noqa: E402
 
-TOL = 1e-4
-SMALL = dict(depths=(1, 1, 2, 1), dims=(8, 16, 24, 32))
-SMALL_IMAGE = 64
-
-
-def randomize(model, seed):
-  """Gives every parameter of a timm ConvNeXt a random, non-trivial value (in place)."""
-  torch.manual_seed(seed)
-  done = set()
-  with torch.no_grad():
-    for name, module in model.named_modules():
-      prefix = f'{name}.' if name else ''
-      if isinstance(module, torch.nn.LayerNorm):
-        module.weight.uniform_(0.5, 1.5)
-        module.bias.normal_(0.0, 0.1)
-      elif isinstance(module, (torch.nn.Conv2d, torch.nn.Linear)):
-        fan_in = math.prod(module.weight.shape[1:])
-        module.weight.normal_(0.0, 1.0 / math.sqrt(fan_in))
-        module.bias.normal_(0.0, 0.1)
-      else:
-        continue
-      done.update({prefix + 'weight', prefix + 'bias'})
-    for name, p in model.named_parameters():
-      if name.endswith('gamma'):
-        p.uniform_(0.5, 1.5)
-        done.add(name)
-  assert done == {n for n, _ in model.named_parameters()}  # nothing left at its init
-  return model
-
-
-def timm_model(depths, dims, num_classes, seed=0, **kwargs):
-  model = timm_convnext.ConvNeXt(depths=depths, dims=dims, num_classes=num_classes, **kwargs)
-  return randomize(model, seed).eval()
-
-
-def via_safetensors(model, path):
-  """The model's state dict written to a .safetensors file and read back as numpy."""
-  safetensors_torch.save_file(model.state_dict(), str(path))
-  return safetensors_numpy.load_file(str(path))
-
-
-def timm_outputs(model, images_nhwc):
-  """(logits or None, pre-logits features) of a timm model on NHWC numpy images."""
-  x = torch.from_numpy(np.ascontiguousarray(images_nhwc.transpose(0, 3, 1, 2)))
-  with torch.no_grad():
-    feats = model.forward_features(x)
-    pre = model.forward_head(feats, pre_logits=True).numpy()
-    logits = model.forward_head(feats).numpy() if model.num_classes else None
-  return logits, pre
-
-
-def flax_outputs(model, params, images):
-  # 'highest': full float32 convolutions and matmuls also on accelerators (no TF32/bf16 passes).
-  with jax.default_matmul_precision('highest'):
-    apply = jax.jit(functools.partial(model.apply, train=False))
-    logits, feats = apply({'params': params}, jnp.asarray(images))
-  return (None if logits is None else np.asarray(logits)), np.asarray(feats)
-
-
-def max_diff(a, b):
-  assert a.shape == b.shape, (a.shape, b.shape)
-  return float(np.max(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64))))
-
-
-def images(batch, size, seed=0):
-  return np.random.RandomState(seed).randn(batch, size, size, 3).astype(np.float32)
-
 
 @pytest.fixture(scope='module')
 def small(tmp_path_factory):
   """A small timm ConvNeXt with 10 classes, its safetensors state dict and a Flax twin."""
-  tmodel = timm_model(SMALL['depths'], SMALL['dims'], num_classes=10)
-  sd = via_safetensors(tmodel, tmp_path_factory.mktemp('convnext') / 'small.safetensors')
-  model = ConvNeXt(num_classes=10, image_size=SMALL_IMAGE, **SMALL)
-  return tmodel, sd, model, convnext_params_from_timm(sd, model)
+  return convnext_small(tmp_path_factory.mktemp('convnext'))
 
 
 def layout(depths, dims, classes, patch=4):
@@ -141,12 +83,6 @@ def layout(depths, dims, classes, patch=4):
     names['head/kernel'] = (dims[-1], classes)
     names['head/bias'] = (classes,)
   return names
-
-
-def param_shapes(model):
-  x = jax.ShapeDtypeStruct((1, model.image_size, model.image_size, 3), jnp.float32)
-  init = lambda x: model.init(jax.random.PRNGKey(0), x, train=False)['params']
-  return {k: tuple(v.shape) for k, v in tree_lib.flat(jax.eval_shape(init, x)).items()}
 
 
 # --- layout and configs ---------------------------------------------------------------------
@@ -249,63 +185,6 @@ def test_small_matches_timm_other_image_size(small):
   assert max_diff(feats, t_feats) <= TOL and max_diff(logits, t_logits) <= TOL
 
 
-def test_num_classes_zero_features_only(tmp_path, small):
-  tmodel = timm_model(SMALL['depths'], SMALL['dims'], num_classes=0, seed=1)
-  sd = via_safetensors(tmodel, tmp_path / 'headless.safetensors')
-  assert not any(k.startswith('head.fc.') for k in sd)
-  model = ConvNeXt(num_classes=0, image_size=SMALL_IMAGE, **SMALL)
-  params = convnext_params_from_timm(sd, model)
-  assert 'head' not in params
-  x = images(2, SMALL_IMAGE, seed=2)
-  logits, feats = flax_outputs(model, params, x)
-  assert logits is None
-  assert max_diff(feats, timm_outputs(tmodel, x)[1]) <= TOL
-
-  # A checkpoint with a classifier loads into a features-only model: its head is dropped.
-  tmodel10, sd10, _, _ = small
-  params = convnext_params_from_timm(sd10, model)
-  assert 'head' not in params
-  assert max_diff(flax_outputs(model, params, x)[1], timm_outputs(tmodel10, x)[1]) <= TOL
-
-  # A headless checkpoint in a classifier: the model keeps a fresh zero head.
-  model5 = ConvNeXt(num_classes=5, image_size=SMALL_IMAGE, **SMALL)
-  params = convnext_params_from_timm(sd, model5)
-  np.testing.assert_array_equal(params['head']['kernel'], np.zeros((32, 5), np.float32))
-  np.testing.assert_array_equal(params['head']['bias'], np.zeros((5,), np.float32))
-
-
-def test_head_of_other_class_count_is_dropped(small):
-  tmodel, sd, _, params10 = small
-  model = ConvNeXt(num_classes=5, image_size=SMALL_IMAGE, **SMALL)
-  params = convnext_params_from_timm(sd, model)
-  np.testing.assert_array_equal(params['head']['kernel'], np.zeros((32, 5), np.float32))
-  np.testing.assert_array_equal(params['head']['bias'], np.zeros((5,), np.float32))
-  ours, theirs = tree_lib.flat(params), tree_lib.flat(params10)
-  assert set(ours) == set(theirs)
-  for k in ours:
-    if not k.startswith('head/'):
-      np.testing.assert_array_equal(ours[k], theirs[k])
-  x = images(2, SMALL_IMAGE, seed=3)
-  logits, feats = flax_outputs(model, params, x)
-  np.testing.assert_array_equal(logits, np.zeros((2, 5), np.float32))
-  assert max_diff(feats, timm_outputs(tmodel, x)[1]) <= TOL
-
-
-def test_converted_arrays(small):
-  _, sd, _, params = small
-  flat = tree_lib.flat(params)
-  assert all(isinstance(v, np.ndarray) and v.dtype == np.float32 for v in flat.values())
-  np.testing.assert_array_equal(
-    flat['stages_1/blocks_0/conv_dw/kernel'][:, :, 0, 5],
-    sd['stages.1.blocks.0.conv_dw.weight'][5, 0],
-  )
-  np.testing.assert_array_equal(
-    flat['stages_2/blocks_1/mlp/fc1/kernel'], sd['stages.2.blocks.1.mlp.fc1.weight'].T
-  )
-  np.testing.assert_array_equal(flat['final_norm/scale'], sd['head.norm.weight'])
-  np.testing.assert_array_equal(flat['stages_3/blocks_0/gamma'], sd['stages.3.blocks.0.gamma'])
-
-
 # --- drop-path ------------------------------------------------------------------------------
 
 
@@ -349,47 +228,6 @@ def test_train_mode_drop_path(small):
   model0 = ConvNeXt(num_classes=10, image_size=SMALL_IMAGE, **SMALL)
   logits0 = jax.jit(functools.partial(model0.apply, train=True))({'params': params}, x)[0]
   np.testing.assert_allclose(logits0, eval_logits, rtol=0, atol=1e-6)
-
-
-# --- checkpoint errors ----------------------------------------------------------------------
-
-
-def test_all_problems_in_one_error(small):
-  _, sd, model, _ = small
-  bad = dict(sd)
-  del bad['stages.2.blocks.1.mlp.fc2.bias']
-  del bad['head.norm.weight']  # the final norm is not the classifier: never dropped
-  bad['stages.0.blocks.0.extra.weight'] = np.zeros((3,), np.float32)
-  bad['stages.1.blocks.0.mlp.fc1.weight'] = sd['stages.1.blocks.0.mlp.fc1.weight'].T
-  bad['stem.0.weight'] = sd['stem.0.weight'][:, :, :2]
-  bad['stages.3.blocks.0.gamma'] = np.ones((32,), np.int32)
-  with pytest.raises(ValueError) as info:
-    convnext_params_from_timm(bad, model)
-  message = str(info.value)
-  assert '6 problems' in message
-  for name in (
-    'missing stages.2.blocks.1.mlp.fc2.bias',
-    'missing head.norm.weight',
-    'unexpected stages.0.blocks.0.extra.weight',
-    'wrong shape stages.1.blocks.0.mlp.fc1.weight',
-    'wrong shape stem.0.weight',
-    'non-float dtype stages.3.blocks.0.gamma',
-  ):
-    assert name in message, message
-  assert 'stages_1/blocks_0/mlp/fc1/kernel' in message  # the Flax path is named too
-  assert 'stages.2.blocks.1.mlp.fc2.bias' in sd  # the caller's dict is left alone
-
-
-def test_state_dict_of_another_architecture(small):
-  _, sd, _, _ = small
-  deeper = ConvNeXt(num_classes=10, image_size=SMALL_IMAGE, depths=(1, 1, 3, 1), dims=SMALL['dims'])
-  with pytest.raises(ValueError, match=r'missing stages\.2\.blocks\.2\.conv_dw\.weight'):
-    convnext_params_from_timm(sd, deeper)
-  shallower = ConvNeXt(
-    num_classes=10, image_size=SMALL_IMAGE, depths=(1, 1, 1, 1), dims=SMALL['dims']
-  )
-  with pytest.raises(ValueError, match=r'unexpected stages\.2\.blocks\.1\.gamma'):
-    convnext_params_from_timm(sd, shallower)
 
 
 # --- GPS roles ------------------------------------------------------------------------------

@@ -1,8 +1,9 @@
-"""Tests of gps_jax.models.swin against timm's PyTorch SwinTransformer (the reference) on CPU.
-
-timm models get random, non-trivial values in every parameter (norms, relative position
-tables and biases included), their state dicts go through a ``.safetensors`` file (buffers
-included) and are converted; logits and pre-logits features must agree to 1e-4 in float32.
+"""The Swin Transformer model against timm's PyTorch SwinTransformer (CPU) as the reference:
+its parameter layout and counts, configs, drop-path and GPS roles, and the same logits and
+pre-logits features as timm to 1e-4 in float32 on the same random weights (norms, relative
+position tables and biases included; tests/timm_refs.py makes them), with and without padded
+windows. Reading timm state dicts (heads, window resizes, errors) is the job of
+tests/test_swin_checkpoints.py.
 """
 
 import functools
@@ -13,13 +14,28 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-torch = pytest.importorskip('torch')
+pytest.importorskip('torch')
+pytest.importorskip('safetensors')
 timm = pytest.importorskip('timm')
-safetensors_torch = pytest.importorskip('safetensors.torch')
-safetensors_numpy = pytest.importorskip('safetensors.numpy')
 
-from timm.layers import calculate_drop_path_rates, resize_rel_pos_bias_table  # noqa: E402
-from timm.models import swin_transformer as timm_swin  # noqa: E402
+from timm.layers import calculate_drop_path_rates  # noqa: E402
+from timm_refs import (  # noqa: E402
+  SWIN_PADDED as PADDED,
+  SWIN_SMALL as SMALL,
+  TOL,
+  flax_outputs,
+  init_shapes,
+  init_shapes_tree,
+  jitted_apply,
+  max_diff,
+  randomize_swin as randomize,
+  shapes,
+  swin_flax_model as flax_model,
+  swin_images as images,
+  swin_timm_model as timm_model,
+  through_safetensors,
+  timm_outputs,
+)
 
 from gps_jax.models.swin import (  # noqa: E402
   SWIN_VARIANTS,
@@ -28,125 +44,9 @@ from gps_jax.models.swin import (  # noqa: E402
   drop_path_rates,
   swin_config,
 )
-from gps_jax.models.swin_timm import (  # noqa: E402
-  resize_relative_position_table,
-  swin_params_from_timm,
-)
+from gps_jax.models.swin_timm import swin_params_from_timm  # noqa: E402
 from gps_jax.roles import GPS_RULES, assign_roles  # noqa: E402
 from gps_jax.tree import flat  # noqa: E402
-
-TOL = 1e-4
-# Small: shifted windows in stage 0 (resolution 8 > window 4), none in stage 1 (4 <= 4).
-SMALL = dict(
-  image_size=32, patch_size=4, embed_dim=16, depths=(2, 2), num_heads=(2, 4), window_size=4
-)
-# Padded: resolutions 10 -> 5 -> 3 with window 4: padding to 12 and 8 in the shifted blocks,
-# an odd resolution for PatchMerging and a window clamped to 3 (5x5 table) in stage 2.
-PADDED = dict(
-  image_size=40, patch_size=4, embed_dim=16, depths=(2, 2, 2), num_heads=(2, 4, 8), window_size=4
-)
-
-
-def timm_model(cfg, num_classes=10, seed=0, drop_path_rate=0.3, **kw):
-  """A timm SwinTransformer of ``cfg`` in eval mode with every parameter random (drop-path
-  is set, as in flax_model, to check that evaluation ignores it)."""
-  m = timm_swin.SwinTransformer(
-    img_size=cfg['image_size'],
-    patch_size=cfg['patch_size'],
-    embed_dim=cfg['embed_dim'],
-    depths=cfg['depths'],
-    num_heads=cfg['num_heads'],
-    window_size=cfg['window_size'],
-    num_classes=num_classes,
-    drop_path_rate=drop_path_rate,
-    **kw,
-  )
-  randomize(m, seed)
-  return m.eval()
-
-
-def randomize(module, seed):
-  gen = torch.Generator().manual_seed(seed)
-  with torch.no_grad():
-    for name, p in module.named_parameters():
-      r = torch.randn(p.shape, generator=gen)
-      if 'relative_position_bias_table' in name:
-        p.copy_(0.5 * r)
-      elif p.ndim == 1 and name.endswith('weight'):  # LayerNorm scales
-        p.copy_(1.0 + 0.2 * r)
-      elif p.ndim == 1:  # biases
-        p.copy_(0.1 * r)
-      else:  # Linear (out, in) / conv (out, in, kh, kw): unit-variance outputs
-        p.copy_(r / math.sqrt(p[0].numel()))
-
-
-def through_safetensors(module, tmp_path, name='model.safetensors'):
-  """state_dict() plus every buffer (relative_position_index, attn_mask are non-persistent in
-  timm 1.0) -> .safetensors -> NumPy. Tensors are cloned: safetensors refuses shared ones."""
-  tensors = dict(module.state_dict())
-  tensors.update({k: b for k, b in module.named_buffers() if b is not None})
-  tensors = {k: v.detach().clone().contiguous() for k, v in tensors.items()}
-  path = str(tmp_path / name)
-  safetensors_torch.save_file(tensors, path)
-  return safetensors_numpy.load_file(path)
-
-
-def flax_model(cfg, num_classes=10, drop_path_rate=0.3, **kw):
-  return SwinTransformer(
-    drop_path_rate=drop_path_rate,
-    num_classes=num_classes,
-    image_size=cfg['image_size'],
-    patch_size=cfg['patch_size'],
-    embed_dim=cfg['embed_dim'],
-    depths=cfg['depths'],
-    num_heads=cfg['num_heads'],
-    window_size=cfg['window_size'],
-    **kw,
-  )
-
-
-def images(batch, size, seed=1):
-  return torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(seed))
-
-
-def timm_outputs(module, x):
-  with torch.no_grad():
-    feats = module.forward_head(module.forward_features(x), pre_logits=True)
-    return module(x).numpy(), feats.numpy()
-
-
-@functools.lru_cache(maxsize=None)
-def jitted_apply(model, train=False):
-  """One compiled apply per (model, train); eager JAX would compile every op separately."""
-  return jax.jit(functools.partial(model.apply, train=train))
-
-
-def flax_outputs(model, params, x):
-  """(logits, features) of ``model`` in eval mode on torch NCHW images."""
-  nhwc = x.numpy().transpose(0, 2, 3, 1) if isinstance(x, torch.Tensor) else x
-  with jax.default_matmul_precision('float32'):
-    return jitted_apply(model)({'params': params}, jnp.asarray(nhwc))
-
-
-def max_diff(a, b):
-  return float(np.max(np.abs(np.asarray(a) - np.asarray(b))))
-
-
-def shapes(tree):
-  return {k: tuple(v.shape) for k, v in flat(tree).items()}
-
-
-def init_shapes_tree(model):
-  """The model's params as jax.ShapeDtypeStructs (model.init itself is slow on CPU)."""
-  x = jnp.zeros((1, model.image_size, model.image_size, 3))
-  return jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), x, train=False)['params'])
-
-
-def init_shapes(model):
-  return shapes(init_shapes_tree(model))
-
-
-# ----------------------------------------------------------------------------------------------
 
 
 def test_parameter_layout():
@@ -237,43 +137,6 @@ def test_parameter_count_matches_timm_swin_t():
   assert ours == sum(p.numel() for p in ref.parameters()) == 28_288_354
 
 
-def test_num_classes_zero(tmp_path):
-  ref = timm_model(SMALL, num_classes=0)
-  state = through_safetensors(ref, tmp_path)
-  assert not any(k.startswith('head') for k in state)
-  model = flax_model(SMALL, num_classes=0)
-  params = swin_params_from_timm(state, model)
-  assert 'head' not in params
-  x = images(2, 32)
-  logits, feats = flax_outputs(model, params, x)
-  assert logits is None
-  with torch.no_grad():
-    assert max_diff(feats, ref(x).numpy()) <= TOL  # timm returns the pooled features
-  # A checkpoint with a head loads into a headless model too, the head dropped.
-  headed = timm_model(SMALL, num_classes=10)
-  params = swin_params_from_timm(through_safetensors(headed, tmp_path, 'h.safetensors'), model)
-  assert 'head' not in params
-  _, feats = flax_outputs(model, params, x)
-  assert max_diff(feats, timm_outputs(headed, x)[1]) <= TOL
-
-
-def test_head_of_other_class_count_is_dropped(tmp_path):
-  ref = timm_model(SMALL, num_classes=10)
-  state = through_safetensors(ref, tmp_path)
-  model = flax_model(SMALL, num_classes=7)
-  params = swin_params_from_timm(state, model)
-  assert params['head']['kernel'].shape == (32, 7) and params['head']['bias'].shape == (7,)
-  assert not np.any(params['head']['kernel']) and not np.any(params['head']['bias'])
-  x = images(2, 32)
-  logits, feats = flax_outputs(model, params, x)
-  assert not np.any(np.asarray(logits))
-  assert max_diff(feats, timm_outputs(ref, x)[1]) <= TOL
-  # A headless checkpoint gives a headed model its fresh zero head as well.
-  headless = {k: v for k, v in state.items() if not k.startswith('head.')}
-  params = swin_params_from_timm(headless, flax_model(SMALL, num_classes=10))
-  assert not np.any(params['head']['kernel']) and params['head']['bias'].shape == (10,)
-
-
 def test_drop_path_rates_match_timm():
   for rate, depths in ((0.1, (2, 2, 18, 2)), (0.3, (2, 2)), (0.0, (1, 3)), (0.2, (1,))):
     ours = drop_path_rates(rate, depths)
@@ -301,61 +164,6 @@ def test_drop_path_uses_dropout_rng(tmp_path):
     jax.eval_shape(functools.partial(model.apply, train=True), {'params': params}, x)
   # The rates are timm's: 0 for the first block, 0.3 for the last one.
   np.testing.assert_allclose(sum(drop_path_rates(0.3, SMALL['depths']), []), [0, 0.1, 0.2, 0.3])
-
-
-@pytest.mark.parametrize('new_window', [2, 3, 6, 7])
-def test_resize_table_matches_timm(new_window):
-  table = np.random.default_rng(0).normal(size=(49, 3)).astype(np.float32)  # window 4
-  ours = resize_relative_position_table(table, new_window)
-  size = (2 * new_window - 1) ** 2
-  theirs = resize_rel_pos_bias_table(
-    torch.from_numpy(table), new_window_size=(new_window, new_window), new_bias_shape=(size, 3)
-  ).numpy()
-  assert ours.shape == theirs.shape == (size, 3) and ours.dtype == np.float32
-  assert max_diff(ours, theirs) <= 1e-5
-  np.testing.assert_array_equal(resize_relative_position_table(table, 4), table)
-
-
-@pytest.mark.parametrize('new_window', [2, 6])
-def test_resized_checkpoint_matches_timm(new_window, tmp_path):
-  """A window-4 checkpoint loaded into a window-`new_window` model, against timm's own
-  loading path (checkpoint_filter_fn resizes the tables, then a strict load_state_dict)."""
-  src = timm_model(SMALL)
-  state = through_safetensors(src, tmp_path)
-  cfg = dict(SMALL, window_size=new_window)
-  ref = timm_model(cfg, seed=5)
-  filtered = timm_swin.checkpoint_filter_fn({k: torch.from_numpy(v) for k, v in state.items()}, ref)
-  ref.load_state_dict(filtered, strict=True)
-  model = flax_model(cfg)
-  params = swin_params_from_timm(state, model)
-  table = params['layers_0']['blocks_1']['attn']['relative_position_bias_table']
-  assert table.shape == ((2 * new_window - 1) ** 2, 2)
-  x = images(2, 32)
-  logits, feats = flax_outputs(model, params, x)
-  ref_logits, ref_feats = timm_outputs(ref, x)
-  assert max_diff(logits, ref_logits) <= TOL
-  assert max_diff(feats, ref_feats) <= TOL
-
-
-def test_errors_name_every_bad_key(tmp_path):
-  state = through_safetensors(timm_model(SMALL), tmp_path)
-  del state['layers.0.blocks.1.attn.qkv.weight']
-  state['layers.0.blocks.1.attn.extra.weight'] = np.zeros((3, 3), np.float32)
-  state['layers.1.downsample.reduction.weight'] = np.zeros((32, 60), np.float32)
-  state['layers.1.blocks.0.attn.relative_position_bias_table'] = np.zeros((49, 3), np.float32)
-  state['norm.bias'] = np.zeros((31,), np.float32)
-  with pytest.raises(ValueError) as err:
-    swin_params_from_timm(state, flax_model(SMALL))
-  msg = str(err.value)
-  assert '5 problems' in msg
-  for name in (
-    'missing layers.0.blocks.1.attn.qkv.weight',
-    'unexpected layers.0.blocks.1.attn.extra.weight',
-    'wrong shape layers.1.downsample.reduction.weight',
-    'wrong shape layers.1.blocks.0.attn.relative_position_bias_table',
-    'wrong shape norm.bias',
-  ):
-    assert name in msg
 
 
 def test_config_and_build():

@@ -12,7 +12,7 @@ from sam_refs import TINY, state_dict, torch_forward, torch_sam
 from segment_anything.modeling.image_encoder import get_rel_pos
 
 from gps_jax import errors, tree
-from gps_jax.models import sam_torch
+from gps_jax.models import fitting, sam_torch
 from gps_jax.models.sam import SAM, VARIANTS, rel_pos_index
 
 def check_parity(c: dict, images: np.ndarray, atol: float):
@@ -56,7 +56,7 @@ def test_pth_file_loads_with_weights_only_and_bad_files_are_one_line(tmp_path):
   model = SAM(**TINY)
   params = sam_torch.load_sam_pth(str(path), model)
   direct = sam_torch.sam_params_from_torch(state_dict(sam), model)
-  assert params.keys() == direct.keys() == sam_torch.expected_shapes(model).keys()
+  assert params.keys() == direct.keys() == fitting.expected_shapes(model).keys()
   assert all(np.array_equal(params[p], direct[p]) for p in params)
   # The unused prompt parts are in the file and left out, nothing else.
   unused = [k for k in sam.state_dict() if sam_torch.UNUSED.match(k)]
@@ -88,7 +88,7 @@ def test_variants_have_the_official_models_shapes(variant):
     for k, v in sam.state_dict().items()
     if not sam_torch.UNUSED.match(k)
   }
-  assert got == sam_torch.expected_shapes(model)
+  assert got == fitting.expected_shapes(model)
   # The checkpoint layout's names and shapes are the inverse of the conversion.
   for k, v in sam.state_dict().items():
     if not sam_torch.UNUSED.match(k):
@@ -127,7 +127,7 @@ def test_gps_role_rules_are_the_originals_with_its_neurons():
   from gps_jax.models.sam import GPS_ROLE_RULES
 
   sam = torch_sam(TINY)
-  shapes = sam_torch.expected_shapes(SAM(**TINY))
+  shapes = fitting.expected_shapes(SAM(**TINY))
   roles = tree.flat(roles_lib.assign_roles(
     {p: jax.ShapeDtypeStruct(s, jnp.float32) for p, s in shapes.items()}, GPS_ROLE_RULES
   ))  # fmt: skip

@@ -18,8 +18,6 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
 from gps_jax import tree as tree_lib
@@ -98,15 +96,6 @@ def resize_pos_embed(pos: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
     return pos
   my, mx = _linear_matrix(pos.shape[1], grid[0]), _linear_matrix(pos.shape[2], grid[1])
   return np.einsum('yh,bhwc,xw->byxc', my, pos, mx).astype(np.float32)
-
-
-def expected_shapes(model) -> dict[str, tuple]:
-  """The flat parameter shapes of `model` (abstract: no weights are made)."""
-  size = model.image_size
-  shapes = jax.eval_shape(
-    lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, size, size, 3), jnp.float32))
-  )
-  return {p: tuple(v.shape) for p, v in tree_lib.flat(shapes['params']).items()}
 
 
 def torch_key(path: str) -> str:

@@ -4,6 +4,8 @@
       --config.data.data_dir=/path/to/Kvasir-SEG \
       --config.model.checkpoint=/path/to/sam_vit_b_01ec64.pth
 
+(or the Hugging Face port's file: --config.model.checkpoint=/path/to/sam-vit-base/model.safetensors).
+
 The recipe is the original's (FightingFighting/GPS, SAM/configs/cod-sam-vit-b.yaml and
 SAM/train.py): SAM ViT-B at 1024 x 1024, no augmentation (resize only; masks nearest),
 ImageNet mean / std, batch 1, AdamW at lr 2e-4 with torch's default weight decay 0.01,

@@ -1,13 +1,14 @@
-"""Pretrained weights from the files users have: vit_jax `.npz` and timm checkpoints.
+"""Pretrained weights from the files users have: vit_jax `.npz`, timm checkpoints, SAM's.
 
 ``load_checkpoint(path, model_config)`` returns the nested Flax parameters of the
 model that ``model_config`` describes (``name``: a family of
-:data:`gps_jax.models.registry.FAMILIES`, 'vit', 'swin' or 'convnext'):
+:data:`gps_jax.models.registry.FAMILIES`, 'vit', 'swin', 'convnext' or 'sam'):
 
 * ``.npz``: a vit_jax / big_vision ViT file, or any file in the gps_jax layout
   ('/'-joined parameter paths, what ``tools/convert_checkpoint.py`` writes);
   read with ``allow_pickle=False``.
-* ``.safetensors``: a timm state dict, read without any code execution.
+* ``.safetensors``: a timm state dict (for SAM: the ``transformers`` port's file), read
+  without any code execution.
 * ``.pth`` / ``.pt`` / ``.bin``: a timm state dict through
   ``torch.load(weights_only=True)`` (torch must be installed); a file that
   needs arbitrary unpickling is refused, never run. A ``{'state_dict': ...}``
@@ -20,7 +21,9 @@ and relative-position tables are resized for another image or window size, a
 head of another class count is dropped (the model's fresh head stays, as its
 head_init draws it: a new task gets a new head), and every missing, unexpected or mis-shaped key is
 named in one ValueError. The family's entry in the registry says how its files are
-named and adapted; :func:`gps_jax.models.fitting.fit_params` is the one strict fit.
+named and adapted (where it reads two layouts of one file type, SAM's official files and
+the ``transformers`` port, ``Family.file_layout`` tells them apart by their names);
+:func:`gps_jax.models.fitting.fit_params` is the one strict fit.
 """
 
 from __future__ import annotations
@@ -144,5 +147,6 @@ def load_checkpoint(
   if path.endswith('.npz'):
     arrays, layout = vit_npz.read_npz(path), family.npz
   else:
-    arrays, layout = read_state_dict(path), family.timm
+    arrays = read_state_dict(path)
+    layout = family.file_layout(arrays)
   return layout.params(arrays, model, f'checkpoint {path}', init=init, rng=rng)

@@ -64,7 +64,9 @@ class Layout:
   the file's, ``to_flax`` a (fitting) file array to the Flax array. ``prepare`` rewrites a
   whole file first where one entry is not one parameter (ViT's stacked qkv); names ending
   in an ``ignore`` suffix are buffers, not parameters. ``label`` names a file in messages
-  when no path is given.
+  when no path is given. ``detect`` (file arrays -> bool) recognises a file in this layout
+  where a family reads more than one layout of the same file type (SAM: the official
+  checkpoints and the ``transformers`` port).
   """
 
   file_name: Callable[[str], str] = lambda path: path
@@ -76,6 +78,7 @@ class Layout:
   resize: tuple[ResizeHook, ...] = ()
   prepare: Optional[Callable[[Mapping[str, Any], Any], Mapping[str, Any]]] = None
   label: str = 'checkpoint'
+  detect: Optional[Callable[[Mapping[str, Any]], bool]] = None
 
   def params(self, arrays: Mapping[str, Any], model, source: str = '', *, init=None, rng=None):
     """Nested float32 params of ``model`` from a file's arrays (see :func:`fit_params`).
@@ -83,7 +86,11 @@ class Layout:
     ``init`` (the model's fresh params) gives the expected shapes and the fresh head;
     without it shapes come from ``jax.eval_shape`` and the head from a jitted init.
     """
-    arrays = self.prepare(arrays, model) if self.prepare else arrays
+    if self.prepare:
+      try:
+        arrays = self.prepare(arrays, model)
+      except ValueError as e:
+        raise ValueError(f'{source or self.label}: {e}') from None
     return fit_params(
       arrays,
       expected_shapes(model, init, rng),

@@ -22,6 +22,7 @@ from gps_jax.models.sam import METHOD_RULES as SAM_METHOD_RULES
 from gps_jax.models.sam import METHOD_SCORES as SAM_METHOD_SCORES
 from gps_jax.models.sam import VARIANTS as SAM_VARIANTS
 from gps_jax.models.sam import build_sam, sam_config
+from gps_jax.models.sam_hf import SAM_HF_LAYOUT
 from gps_jax.models.sam_torch import SAM_LAYOUT
 from gps_jax.models.swin import SWIN_VARIANTS, build_swin, swin_config
 from gps_jax.models.swin_timm import SWIN_TIMM
@@ -40,7 +41,9 @@ class Family:
   resize hooks. ``task`` is what the model's output is ('classification': logits per
   class; 'segmentation': mask logits, `gps_jax.tasks`); ``rules`` and ``scores`` give, by
   method name, the role rules and score source a method uses on this family instead of
-  its own (SAM has no classifier head: its mask decoder takes that part).
+  its own (SAM has no classifier head: its mask decoder takes that part). ``layouts`` are
+  other layouts of the same PyTorch file types (SAM: the ``transformers`` port), each
+  recognised by its ``detect``; `file_layout` picks one.
   """
 
   name: str
@@ -51,6 +54,12 @@ class Family:
   task: str = 'classification'
   rules: Mapping[str, tuple] = dataclasses.field(default_factory=dict)
   scores: Mapping[str, str] = dataclasses.field(default_factory=dict)
+  layouts: tuple[Layout, ...] = ()
+
+  def file_layout(self, arrays: Mapping[str, Any]) -> Layout:
+    """The layout of a PyTorch state dict of this family: the first of ``layouts`` that
+    detects it, else ``timm``."""
+    return next((lay for lay in self.layouts if lay.detect(arrays)), self.timm)
 
   @property
   def npz(self) -> Layout:
@@ -67,7 +76,7 @@ FAMILIES: dict[str, Family] = {
     Family('convnext', convnext_config, build_convnext, CONVNEXT_VARIANTS, CONVNEXT_TIMM),
     Family(
       'sam', sam_config, build_sam, SAM_VARIANTS, SAM_LAYOUT, task='segmentation',
-      rules=SAM_METHOD_RULES, scores=SAM_METHOD_SCORES,
+      rules=SAM_METHOD_RULES, scores=SAM_METHOD_SCORES, layouts=(SAM_HF_LAYOUT,),
     ),  # fmt: skip
   )
 }

@@ -26,7 +26,8 @@ Parameter layout (``'/'``-joined paths; the names of the PyTorch module tree)::
     prompt_encoder/..., mask_decoder/...                       (gps_jax.models.sam_decoder)
 
 :func:`gps_jax.models.sam_torch.sam_params_from_torch` converts the official state dict
-(``sam_vit_b_01ec64.pth``) into this layout.
+(``sam_vit_b_01ec64.pth``) into this layout; :mod:`gps_jax.models.sam_hf` names the
+Hugging Face ``transformers`` port's files (``SamModel``'s ``model.safetensors``).
 
 A difference from the original GPS code (its ``SAM/``, built on SAM-Adapter): its model
 keeps the positional encoding's matrix and the no-mask embedding at the top level

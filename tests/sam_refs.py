@@ -10,10 +10,12 @@ from segment_anything import modeling as sam_torch_lib
 # Windowed blocks whose 10 x 10 grid is padded to 12 x 12 (window 4), and two global blocks.
 TINY = dict(image_size=80, patch_size=8, embed_dim=32, depth=4, num_heads=2, global_blocks=(1, 3),
             window=4, prompt_dim=32, decoder_heads=2, decoder_mlp_dim=64, iou_head_hidden=24)  # fmt: skip
-# Smaller still, for the tests that train or differentiate (their compiles dominate): 32 px,
-# a 4 x 4 token grid in 2 x 2 windows, two blocks (one global).
+# Smaller still, for the tests that train or differentiate (their compiles dominate, and grow
+# with the number of parameter leaves): 32 px, a 4 x 4 token grid in 2 x 2 windows, two
+# blocks (one global), one two-way block and one mask token (the one the no-prompt path uses).
 MICRO = dict(image_size=32, patch_size=8, embed_dim=16, depth=2, num_heads=2, global_blocks=(1,),
-             window=2, prompt_dim=16, decoder_heads=2, decoder_mlp_dim=32, iou_head_hidden=8)  # fmt: skip
+             window=2, prompt_dim=16, decoder_depth=1, decoder_heads=2, decoder_mlp_dim=32,
+             iou_head_hidden=8, num_multimask_outputs=0)  # fmt: skip
 
 
 def torch_sam(c: dict, seed: int = 0):
@@ -33,9 +35,9 @@ def torch_sam(c: dict, seed: int = 0):
       input_image_size=(c['image_size'], c['image_size']), mask_in_chans=16,
     ),
     mask_decoder=sam_torch_lib.MaskDecoder(
-      num_multimask_outputs=3,
+      num_multimask_outputs=c.get('num_multimask_outputs', 3),
       transformer=sam_torch_lib.TwoWayTransformer(
-        depth=2, embedding_dim=c['prompt_dim'], mlp_dim=c['decoder_mlp_dim'],
+        depth=c.get('decoder_depth', 2), embedding_dim=c['prompt_dim'], mlp_dim=c['decoder_mlp_dim'],
         num_heads=c['decoder_heads'],
       ),
       transformer_dim=c['prompt_dim'], iou_head_depth=3, iou_head_hidden_dim=c['iou_head_hidden'],

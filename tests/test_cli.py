@@ -120,19 +120,30 @@ def test_cli_rejects_unknown_method(tmp_path):
   assert 'Traceback' not in proc.stderr and not (tmp_path / 'cache').exists()  # no upstream run
 
 
+# The single-process, single-device gps run the sharded runs are compared with. K-entry
+# weight gradients ('on': the tiny model's K / fan-in is above auto's threshold).
+ONE = ('--config.compare_methods=()', '--config.method=gps', '--config.train.sparse_grad=on')
+
+
+@pytest.fixture(scope='module')
+def one_run(tmp_path_factory):
+  """(workdir of the `ONE` run, the upstream cache it filled): shared by the tests of this
+  module that run on the same worker (each pretrains no upstream of its own)."""
+  root = tmp_path_factory.mktemp('one')
+  _run(root / 'one', root / 'cache', *ONE)
+  return root / 'one', root / 'cache'
+
+
 @pytest.mark.slow
-def test_cli_on_8_simulated_devices_matches_one_device(tmp_path):
+def test_cli_on_8_simulated_devices_matches_one_device(tmp_path, one_run):
   """The same command sharded over a (data 4, fsdp 2) mesh: same mask, same delta."""
-  cache = tmp_path / 'cache'
-  # K-entry weight gradients ('on': the tiny model's K / fan-in is above auto's threshold).
-  one = ('--config.compare_methods=()', '--config.method=gps', '--config.train.sparse_grad=on')
-  _run(tmp_path / 'one', cache, *one)
+  one_dir, cache = one_run
   out = _run(
-    tmp_path / 'eight', cache, *one, '--config.mesh.data=4', '--config.mesh.fsdp=2',
+    tmp_path / 'eight', cache, *ONE, '--config.mesh.data=4', '--config.mesh.fsdp=2',
     env_extra={'XLA_FLAGS': '--xla_force_host_platform_device_count=8', 'JAX_PLATFORMS': 'cpu'},
   )  # fmt: skip
   assert "mesh {'data': 4, 'fsdp': 2} over 8 devices" in out
-  a = checkpoint.load_delta(str(tmp_path / 'one' / 'checkpoint'))
+  a = checkpoint.load_delta(str(one_dir / 'checkpoint'))
   b = checkpoint.load_delta(str(tmp_path / 'eight' / 'checkpoint'))
   assert a['indices'].keys() == b['indices'].keys()
   for k in a['indices']:
@@ -144,7 +155,7 @@ def test_cli_on_8_simulated_devices_matches_one_device(tmp_path):
         # Adam (eps 1e-8) turns reduction-order noise into steps of ~1e-4; never compared.
         continue
       np.testing.assert_allclose(a[part][k], b[part][k], atol=1e-5, err_msg=k)
-  ra = json.loads((tmp_path / 'one' / 'results.json').read_text())
+  ra = json.loads((one_dir / 'results.json').read_text())
   rb = json.loads((tmp_path / 'eight' / 'results.json').read_text())
   assert ra['test_accuracy'] == rb['test_accuracy']
 
@@ -158,12 +169,10 @@ def _free_port():
 
 
 @pytest.mark.slow
-def test_two_processes_on_localhost_match_one_process(tmp_path):
+def test_two_processes_on_localhost_match_one_process(tmp_path, one_run):
   """jax.distributed over 127.0.0.1 (gloo): each process reads its slice of every batch,
   process 0 writes; the mask and the delta equal the single-process run's."""
-  cache = tmp_path / 'cache'
-  one = ('--config.compare_methods=()', '--config.method=gps', '--config.train.sparse_grad=on')
-  _run(tmp_path / 'one', cache, *one)
+  one_dir, cache = one_run
   port = _free_port()
   env = dict(os.environ, GPS_JAX_CACHE=str(cache), JAX_PLATFORMS='cpu')
   procs = [
@@ -175,7 +184,7 @@ def test_two_processes_on_localhost_match_one_process(tmp_path):
         '--config=configs/demo.py',
         f'--workdir={tmp_path / "two"}',
         *TINY,
-        *one,
+        *ONE,
         f'--coordinator_address=127.0.0.1:{port}',
         '--num_processes=2',
         f'--process_id={i}',
@@ -191,7 +200,7 @@ def test_two_processes_on_localhost_match_one_process(tmp_path):
   outs = [p.communicate(timeout=600)[0] for p in procs]
   assert [p.returncode for p in procs] == [0, 0], outs[0][-3000:] + outs[1][-3000:]
   assert 'final:' in outs[0] and 'final:' not in outs[1]  # one writer of the log
-  a = checkpoint.load_delta(str(tmp_path / 'one' / 'checkpoint'))
+  a = checkpoint.load_delta(str(one_dir / 'checkpoint'))
   b = checkpoint.load_delta(str(tmp_path / 'two' / 'checkpoint'))
   for k in a['indices']:
     np.testing.assert_array_equal(a['indices'][k], b['indices'][k], err_msg=k)
@@ -199,24 +208,24 @@ def test_two_processes_on_localhost_match_one_process(tmp_path):
     for k in a[part]:
       if not k.endswith('/key/bias'):  # see test_cli_on_8_simulated_devices_matches_one_device
         np.testing.assert_allclose(a[part][k], b[part][k], atol=1e-6, err_msg=k)
-  ra = json.loads((tmp_path / 'one' / 'results.json').read_text())
+  ra = json.loads((one_dir / 'results.json').read_text())
   rb = json.loads((tmp_path / 'two' / 'results.json').read_text())
   assert ra['test_accuracy'] == rb['test_accuracy']
 
 
 @pytest.mark.slow
-def test_killed_run_resumes_to_the_same_delta(tmp_path):
+def test_killed_run_resumes_to_the_same_delta(tmp_path, one_run):
   """SIGKILL mid-training, rerun the same command: it resumes from the latest checkpoint
   and ends with the delta of an uninterrupted run."""
   import signal
   import time
 
-  cache = tmp_path / 'cache'
+  cache = one_run[1]  # the upstream backbone is pretrained already
   args = (
     '--config.compare_methods=()', '--config.method=gps', '--config.train.steps=120',
     '--config.train.checkpoint_every_steps=10', '--config.train.log_every=10',
   )  # fmt: skip
-  _run(tmp_path / 'full', cache, *args)  # also fills the upstream cache
+  _run(tmp_path / 'full', cache, *args)
   cmd = [sys.executable, '-m', 'gps_jax.main', '--config=configs/demo.py',
          f'--workdir={tmp_path / "killed"}', *TINY, *args]  # fmt: skip
   env = dict(os.environ, GPS_JAX_CACHE=str(cache))
@@ -248,8 +257,8 @@ def test_killed_run_resumes_to_the_same_delta(tmp_path):
 
 
 @pytest.mark.slow
-def test_resuming_under_another_config_is_refused(tmp_path):
-  cache = tmp_path / 'cache'
+def test_resuming_under_another_config_is_refused(tmp_path, one_run):
+  cache = one_run[1]
   args = ('--config.compare_methods=()', '--config.method=gps', '--config.train.steps=10',
           '--config.train.checkpoint_every_steps=5')  # fmt: skip
   _run(tmp_path / 'run', cache, *args)

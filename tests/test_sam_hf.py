@@ -77,8 +77,7 @@ def test_safetensors_of_the_port_loads_and_equals_sammodel(tmp_path):
   images = np.random.default_rng(0).normal(size=(2, 80, 80, 3)).astype(np.float32)
   emb_t, masks_t, iou_t = hf_forward(sam, images)
   variables = {'params': params}
-  emb = jax.jit(lambda v, x: model.apply(v, x, method=SAM.image_embeddings))(variables, images)
-  masks, iou = jax.jit(model.apply)(variables, images)
+  emb, masks, iou = jax.jit(lambda v, x: model.apply(v, x, method=SAM.embed_and_decode))(variables, images)
   np.testing.assert_allclose(emb, emb_t, atol=1e-4, rtol=0)
   np.testing.assert_allclose(masks, masks_t, atol=1e-4, rtol=0)
   np.testing.assert_allclose(iou, iou_t, atol=1e-4, rtol=0)

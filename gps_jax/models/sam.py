@@ -250,8 +250,8 @@ class SAM(nn.Module):
   decoder with one output mask.
 
   ``__call__(images)`` returns (low-resolution mask logits [B, 4h, 4w], predicted IoU [B]),
-  h x w the embedding grid (256 x 256 logits for a 1024 input); `image_embeddings` gives the
-  encoder's output alone.
+  h x w the embedding grid (256 x 256 logits for a 1024 input); `embed_and_decode` gives the
+  encoder's output too, from the same pass.
   """
 
   image_size: int = 1024
@@ -301,15 +301,17 @@ class SAM(nn.Module):
       dtype=self.dtype,
     )
 
-  def image_embeddings(self, images):
-    return self.image_encoder(images)
-
-  def __call__(self, images, train: bool = False):
-    del train  # SAM has no dropout or drop-path
+  def embed_and_decode(self, images):
+    """(image embeddings [B, h, w, C], mask logits [B, 4h, 4w], predicted IoU [B])."""
     emb = self.image_encoder(images)
     dense, image_pe = self.prompt_encoder(emb.shape[0], emb.shape[1:3])
     masks, iou = self.mask_decoder(emb, image_pe, dense)
-    return masks[..., 0], iou[:, 0]  # multimask_output=False: the first mask token
+    return emb, masks[..., 0], iou[:, 0]  # multimask_output=False: the first mask token
+
+  def __call__(self, images, train: bool = False):
+    del train  # SAM has no dropout or drop-path
+    _, masks, iou = self.embed_and_decode(images)
+    return masks, iou
 
 
 _SAM_FIELDS = (

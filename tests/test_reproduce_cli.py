@@ -16,6 +16,8 @@ from repro_env import CONFIG, REPO, _csv, _fake_run, reproduce
     (['--tasks', 'digits_c'], "--tasks: unknown task(s) 'digits_c' of suite tiny_suite_config"),
     (['--methods', 'gps,nope'], "--methods: unknown method(s) 'nope'; use gps,"),
     (['--seeds', '1,x'], "--seeds='1,x': give integers"),
+    (['--ks', '4,0'], "--ks='4,0': give positive integers"),
+    (['--ks', '2.5'], "--ks='2.5': give positive integers"),
     (['--set', 'optim.learning_rate=1'], '--config.optim.learning_rate: no such key'),
     (['--set', 'optim.lr'], "override 'optim.lr': write KEY=VALUE"),
     (['--set', 'method=full'], "override 'method=full': method is set per cell by the grid"),

@@ -64,6 +64,20 @@ def split_commas(text: str) -> list[str]:
   return [x.strip() for x in text.split(',') if x.strip()]
 
 
+def int_list(flag: str, text: str, want: str, least: int | None = None) -> list[int] | None:
+  """The integers of a comma-separated flag (None when it is empty); anything else, or a
+  value under `least`, is one error naming --`flag` and what it `want`s."""
+  if not split_commas(text):
+    return None
+  try:
+    values = [int(v) for v in split_commas(text)]
+  except ValueError:
+    values = None
+  if values is None or (least is not None and min(values) < least):
+    raise UserError(f'--{flag}={text!r}: give {want}')
+  return values
+
+
 def load_module(path: str):
   """A config file as a module (configs/ is not a package)."""
   if not os.path.isfile(path):
@@ -171,20 +185,8 @@ def make_grid(args) -> Grid:
       f'--methods: unknown method(s) {", ".join(map(repr, unknown))}; '
       f'use {", ".join(methods_lib.METHODS)}'
     )
-  seeds = None
-  if split_commas(args.seeds):
-    try:
-      seeds = [int(s) for s in split_commas(args.seeds)]
-    except ValueError:
-      raise UserError(f'--seeds={args.seeds!r}: give integers, e.g. --seeds=42,43,44') from None
-  ks = None
-  if split_commas(args.ks):
-    try:
-      ks = [int(k) for k in split_commas(args.ks)]
-    except ValueError:
-      raise UserError(f'--ks={args.ks!r}: give positive integers, e.g. --ks=1,4,16') from None
-    if min(ks) < 1:
-      raise UserError(f'--ks={args.ks!r}: give positive integers, e.g. --ks=1,4,16')
+  seeds = int_list('seeds', args.seeds, 'integers, e.g. --seeds=42,43,44')
+  ks = int_list('ks', args.ks, 'positive integers, e.g. --ks=1,4,16', least=1)
   options = split_commas(args.options)
   if args.paper == 'auto':
     benchmark = suite.paper
